@@ -1,0 +1,81 @@
+"""Command-line parsing only: each subcommand hands off to its stage module."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.errors import EXIT_INPUT, HarnessError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="boot L1 -> L2 under L1's KVM, run the ledger under reclaim, judge it")
+    r.add_argument("scenario", nargs="?", default=None, help="scenario YAML (default: scenarios/default.yaml)")
+    k = r.add_mutually_exclusive_group()
+    k.add_argument("--kernel", help="kernel folder with bzImage and modules/ (default: Debian's prebuilt 6.12)")
+    k.add_argument("--build", help="KERNEL.yaml: build (or take from cache) and boot that kernel")
+    r.add_argument("--upto", type=int, default=None, help="with --build: apply only the first N patches")
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--duration", type=float, default=None, help="wall-clock limit for the whole run, seconds")
+    r.add_argument("--results", default=None, help="results root (default: results/)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario knob (YAML value), may repeat")
+
+    b = sub.add_parser("build", help="build a patched kernel from KERNEL.yaml")
+    b.add_argument("kernel_yaml")
+    b.add_argument("--upto", type=int, default=None)
+    b.add_argument("--bench", action="store_true", help="measure full, cache-hit and incremental build times")
+
+    c = sub.add_parser("console", help="console-log oracle")
+    csub = c.add_subparsers(dest="console_cmd", required=True)
+    cc = csub.add_parser("classify", help="classify the kernel crash (if any) in a console log")
+    cc.add_argument("file")
+    cc.add_argument("--json", action="store_true")
+
+    sub.add_parser("doctor", help="print the host's capabilities and what to install or enable")
+
+    rp = sub.add_parser("report", help="re-render summary/JUnit for a results folder")
+    rp.add_argument("run_dir")
+
+    m = sub.add_parser("matrix", help="run a matrix of kernels x knobs x seeds")
+    m.add_argument("matrix_yaml")
+    m.add_argument("--results", default=None)
+
+    rep = sub.add_parser("reproduce", help="re-run a results folder's case with the same inputs")
+    rep.add_argument("run_dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "run":
+            from harness.scenario.run import cli_run
+            return cli_run(args)
+        if args.cmd == "build":
+            from harness.kernel.build import cli_build
+            return cli_build(args)
+        if args.cmd == "console":
+            from harness.oracles.console import cli_classify
+            return cli_classify(args.file, as_json=args.json)
+        if args.cmd == "doctor":
+            from harness.vm.doctor import cli_doctor
+            return cli_doctor()
+        if args.cmd == "report":
+            from harness.report.results import cli_report
+            return cli_report(args.run_dir)
+        if args.cmd == "matrix":
+            from harness.matrix import cli_matrix
+            return cli_matrix(args)
+        if args.cmd == "reproduce":
+            from harness.report.results import cli_reproduce
+            return cli_reproduce(args.run_dir)
+    except HarnessError as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_INPUT
