@@ -1,0 +1,52 @@
+#!/bin/sh
+# Prepare L1 as the KVM host under pressure.  Knobs arrive as environment variables (set by L0):
+#   SWAP_KIND=disk|zram SWAP_MB THP=never|always|madvise MGLRU=y|n TDP_MMU=Y|N KSM=0|1 PAGE_CLUSTER SWAPPINESS
+# Prints key=value facts for L0 to record.  Any failure exits non-zero with a message on stderr.
+set -e
+fail() { echo "setup-host: $*" >&2; exit 1; }
+
+# zswap's load path dirties the folio and hides the race: it must be off (also off on the cmdline).
+[ -w /sys/module/zswap/parameters/enabled ] && echo N > /sys/module/zswap/parameters/enabled
+echo "$THP" > /sys/kernel/mm/transparent_hugepage/enabled
+if [ -e /sys/kernel/mm/lru_gen/enabled ]; then
+    echo "$MGLRU" > /sys/kernel/mm/lru_gen/enabled
+elif [ "$MGLRU" = y ]; then
+    fail "MGLRU requested but this kernel has no /sys/kernel/mm/lru_gen"
+fi
+[ -e /sys/kernel/mm/ksm/run ] && echo "$KSM" > /sys/kernel/mm/ksm/run
+echo "$PAGE_CLUSTER" > /proc/sys/vm/page-cluster
+echo "$SWAPPINESS" > /proc/sys/vm/swappiness
+
+case "$SWAP_KIND" in
+disk)
+    [ -b /dev/vda ] || fail "no virtio swap disk /dev/vda"
+    mkswap /dev/vda >/dev/null
+    swapon /dev/vda ;;
+zram)
+    modprobe zram num_devices=1
+    echo "${SWAP_MB}M" > /sys/block/zram0/disksize
+    mkswap /dev/zram0 >/dev/null
+    swapon /dev/zram0 ;;
+*) fail "unknown SWAP_KIND $SWAP_KIND" ;;
+esac
+
+vendor=$(grep -m1 vendor_id /proc/cpuinfo | sed 's/.*: //')
+if grep -qw svm /proc/cpuinfo; then mod=kvm_amd; tdp=npt
+elif grep -qw vmx /proc/cpuinfo; then mod=kvm_intel; tdp=ept
+else fail "L1 CPU has neither svm nor vmx: no nested virtualization"; fi
+modprobe kvm tdp_mmu="$TDP_MMU" || fail "modprobe kvm failed"
+modprobe "$mod" nested=1 || fail "modprobe $mod failed"
+[ -c /dev/kvm ] || fail "/dev/kvm missing after modprobe $mod"
+nested=$(cat /sys/module/$mod/parameters/nested)
+tdp_on=$(cat /sys/module/$mod/parameters/$tdp)
+echo "cpu_vendor=$vendor"
+echo "kvm_module=$mod"
+echo "nested=$nested"
+echo "tdp=$tdp_on"
+echo "tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu)"
+echo "clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+echo "thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"
+echo "mglru=$(cat /sys/kernel/mm/lru_gen/enabled 2>/dev/null || echo absent)"
+echo "zswap=$(cat /sys/module/zswap/parameters/enabled 2>/dev/null || echo absent)"
+echo "swap=$(tail -n +2 /proc/swaps | awk '{print $1":"$3}')"
+echo "taint=$(cat /proc/sys/kernel/tainted)"

@@ -1,0 +1,284 @@
+/*
+ * ledger: a page-generation ledger that detects lost guest writes (runs in L2).
+ *
+ * Every page carries {magic, index, generation, seed, gfn} + a payload derived from (seed, index, generation)
+ * + a CRC32C.  Round 0 writes every page.  Each later round walks the pages in batches: it READS and verifies
+ * the batch first (so pages swapped in by L1 come back on a read fault: writable but clean host PTEs), then
+ * rewrites the pages that a seeded hash of (seed, round, page) selects, at the next generation.  The expected
+ * generation of a page is computed from that hash, never stored in guest memory (a stored table would lose
+ * writes too).  Between rounds a "reclaim window" lets L1 push our memory out to swap.
+ *
+ * Output: one JSON object per line, prefixed "@@LEDGER ", on stdout (L2's serial console).
+ * Bad pages: stale (valid CRC, older generation = lost dirty data), zero (all-zero page), corrupt (anything else).
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096
+#define MAGIC 0x4c45444745525047ULL /* "LEDGERPG" */
+#define HDR_WORDS 5
+#define CRC_OFF (PAGE - 8)
+#define MAX_BAD_LINES 200 /* individually printed bad pages per run; the rest are counted */
+
+struct page_hdr {
+	uint64_t magic, index, generation, seed, gfn;
+};
+
+static uint64_t opt_seed = 1, opt_pages = 1024, opt_rounds = 4, opt_batch = 256, opt_selftest;
+static double opt_write_frac = 0.5, opt_window = 3.0;
+static int pagemap_fd = -1;
+static uint32_t crc_table[8][256];
+static int have_sse42;
+static uint64_t bad_lines, t0_ns;
+static uint64_t n_stale, n_zero, n_corrupt, n_verified;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static double elapsed(void) { return (now_ns() - t0_ns) / 1e9; }
+
+static uint64_t mix64(uint64_t x)
+{
+	/* splitmix64 finaliser: a cheap, well-distributed hash */
+	x += 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+/* Does round r (r >= 1) rewrite page i?  Pure function of (seed, round, page). */
+static int selected(uint64_t r, uint64_t i)
+{
+	uint64_t h = mix64(opt_seed ^ mix64(r * 0x100000001b3ULL ^ mix64(i)));
+	return (double)(h >> 11) / (double)(1ULL << 53) < opt_write_frac;
+}
+
+/* Generation a page must hold after `done` rounds have completed their writes (round 0 writes gen 1). */
+static uint64_t expected_gen(uint64_t i, uint64_t done)
+{
+	for (uint64_t r = done; r >= 1; r--)
+		if (selected(r, i))
+			return r + 1;
+	return 1;
+}
+
+static void crc_init(void)
+{
+	for (uint32_t n = 0; n < 256; n++) {
+		uint32_t c = n;
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? (c >> 1) ^ 0x82f63b78 : c >> 1;
+		crc_table[0][n] = c;
+	}
+	for (uint32_t n = 0; n < 256; n++)
+		for (int t = 1; t < 8; t++)
+			crc_table[t][n] = (crc_table[t - 1][n] >> 8) ^ crc_table[0][crc_table[t - 1][n] & 0xff];
+	__builtin_cpu_init();
+	have_sse42 = __builtin_cpu_supports("sse4.2");
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(const uint64_t *w, size_t n)
+{
+	uint64_t c = 0xffffffff;
+	for (size_t k = 0; k < n; k++)
+		c = __builtin_ia32_crc32di(c, w[k]);
+	return (uint32_t)c ^ 0xffffffff;
+}
+
+static uint32_t crc32c_sw(const uint64_t *w, size_t n)
+{
+	uint32_t c = 0xffffffff;
+	for (size_t k = 0; k < n; k++) {
+		uint64_t v = w[k] ^ c;
+		c = crc_table[7][v & 0xff] ^ crc_table[6][(v >> 8) & 0xff] ^ crc_table[5][(v >> 16) & 0xff] ^
+		    crc_table[4][(v >> 24) & 0xff] ^ crc_table[3][(v >> 32) & 0xff] ^
+		    crc_table[2][(v >> 40) & 0xff] ^ crc_table[1][(v >> 48) & 0xff] ^ crc_table[0][v >> 56];
+	}
+	return c ^ 0xffffffff;
+}
+
+static uint32_t page_crc(const void *p)
+{
+	const uint64_t *w = p;
+	return have_sse42 ? crc32c_hw(w, CRC_OFF / 8) : crc32c_sw(w, CRC_OFF / 8);
+}
+
+static uint64_t gfn_of(const void *addr)
+{
+	uint64_t ent = 0;
+	if (pagemap_fd < 0 ||
+	    pread(pagemap_fd, &ent, 8, ((uintptr_t)addr / PAGE) * 8) != 8 || !(ent & (1ULL << 63)))
+		return ~0ULL;
+	return ent & ((1ULL << 55) - 1);
+}
+
+static void write_page(uint8_t *p, uint64_t i, uint64_t gen)
+{
+	struct page_hdr *h = (struct page_hdr *)p;
+	uint64_t *w = (uint64_t *)p;
+	/* Touch first so the page is present and pagemap knows its gfn. */
+	h->magic = MAGIC;
+	h->index = i;
+	h->generation = gen;
+	h->seed = opt_seed;
+	h->gfn = gfn_of(p);
+	uint64_t s = mix64(opt_seed ^ mix64(i ^ (gen << 40)));
+	for (size_t k = HDR_WORDS; k < CRC_OFF / 8; k++) {
+		s ^= s << 13; s ^= s >> 7; s ^= s << 17; /* xorshift64 */
+		w[k] = s;
+	}
+	w[CRC_OFF / 8] = page_crc(p);
+}
+
+static const char *classify(const uint8_t *p, uint64_t i, uint64_t want, uint64_t *found)
+{
+	const struct page_hdr *h = (const struct page_hdr *)p;
+	const uint64_t *w = (const uint64_t *)p;
+	*found = h->generation;
+	if (h->magic == MAGIC && h->index == i && h->seed == opt_seed && h->generation == want &&
+	    w[CRC_OFF / 8] == page_crc(p))
+		return NULL;
+	int zero = 1;
+	for (size_t k = 0; k < PAGE / 8; k++)
+		if (w[k]) { zero = 0; break; }
+	if (zero)
+		return "zero";
+	if (h->magic == MAGIC && h->index == i && h->seed == opt_seed && h->generation >= 1 &&
+	    h->generation < want && w[CRC_OFF / 8] == page_crc(p))
+		return "stale";
+	return "corrupt";
+}
+
+/* Verify one page; report and repair a bad one so each loss is counted once. */
+static void verify_page(uint8_t *p, uint64_t i, uint64_t want, uint64_t round)
+{
+	uint64_t found;
+	const char *cls = classify(p, i, want, &found);
+	n_verified++;
+	if (!cls)
+		return;
+	if (!strcmp(cls, "stale")) n_stale++;
+	else if (!strcmp(cls, "zero")) n_zero++;
+	else n_corrupt++;
+	if (bad_lines++ < MAX_BAD_LINES)
+		printf("@@LEDGER {\"ev\":\"bad\",\"class\":\"%s\",\"round\":%lu,\"index\":%lu,\"gfn\":%lu,"
+		       "\"expected\":%lu,\"found\":%lu,\"hdr_gfn\":%lu,\"t\":%.3f}\n",
+		       cls, round, i, gfn_of(p), want, found, ((const struct page_hdr *)p)->gfn, elapsed());
+	write_page(p, i, want);
+}
+
+static void window(uint64_t round)
+{
+	printf("@@LEDGER {\"ev\":\"window\",\"round\":%lu,\"seconds\":%.1f,\"t\":%.3f}\n", round, opt_window,
+	       elapsed());
+	fflush(stdout);
+	usleep((useconds_t)(opt_window * 1e6));
+}
+
+static void progress(const char *phase, uint64_t round, uint64_t done)
+{
+	printf("@@LEDGER {\"ev\":\"progress\",\"phase\":\"%s\",\"round\":%lu,\"pages\":%lu,\"bad\":%lu,\"t\":%.3f}\n",
+	       phase, round, done, n_stale + n_zero + n_corrupt, elapsed());
+	fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+	static struct option opts[] = {
+		{"pages", 1, 0, 'p'}, {"rounds", 1, 0, 'r'}, {"seed", 1, 0, 's'}, {"write-frac", 1, 0, 'w'},
+		{"window", 1, 0, 'W'}, {"batch", 1, 0, 'b'}, {"selftest", 1, 0, 'T'}, {0, 0, 0, 0}};
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p': opt_pages = strtoull(optarg, 0, 0); break;
+		case 'r': opt_rounds = strtoull(optarg, 0, 0); break;
+		case 's': opt_seed = strtoull(optarg, 0, 0); break;
+		case 'w': opt_write_frac = atof(optarg); break;
+		case 'W': opt_window = atof(optarg); break;
+		case 'b': opt_batch = strtoull(optarg, 0, 0); break;
+		case 'T': opt_selftest = strtoull(optarg, 0, 0); break;
+		default: fprintf(stderr, "usage: ledger --pages N --rounds R --seed S [--write-frac F] "
+					 "[--window SEC] [--batch N] [--selftest N]\n");
+			return 2;
+		}
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	crc_init();
+	t0_ns = now_ns();
+	pagemap_fd = open("/proc/self/pagemap", O_RDONLY);
+	/* mlock: L2 has no swap, and it keeps gfns stable for the report. */
+	uint8_t *buf = mmap(NULL, opt_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED) {
+		perror("mmap");
+		return 3;
+	}
+	madvise(buf, opt_pages * PAGE, MADV_NOHUGEPAGE);
+	mlock(buf, opt_pages * PAGE);
+	printf("@@LEDGER {\"ev\":\"start\",\"pages\":%lu,\"rounds\":%lu,\"seed\":%lu,\"write_frac\":%.3f,"
+	       "\"window\":%.1f,\"batch\":%lu,\"selftest\":%lu,\"crc\":\"%s\"}\n",
+	       opt_pages, opt_rounds, opt_seed, opt_write_frac, opt_window, opt_batch, opt_selftest,
+	       have_sse42 ? "crc32c-hw" : "crc32c-sw");
+
+	for (uint64_t i = 0; i < opt_pages; i++)
+		write_page(buf + i * PAGE, i, 1);
+	printf("@@LEDGER {\"ev\":\"round\",\"round\":0,\"written\":%lu,\"t\":%.3f}\n", opt_pages, elapsed());
+	window(0);
+
+	/* Self-test: simulated lost writes.  Keep the old copy of up to N pages that round 1 rewrites and put it
+	 * back after the write, exactly what a dropped dirty page looks like after swap-in. */
+	uint8_t *saved = opt_selftest ? malloc(opt_selftest * PAGE) : NULL;
+	uint64_t *saved_idx = opt_selftest ? calloc(opt_selftest, 8) : NULL, n_saved = 0;
+
+	for (uint64_t r = 1; r <= opt_rounds; r++) {
+		uint64_t written = 0;
+		for (uint64_t b = 0; b < opt_pages; b += opt_batch) {
+			uint64_t e = b + opt_batch < opt_pages ? b + opt_batch : opt_pages;
+			for (uint64_t i = b; i < e; i++) /* read first */
+				verify_page(buf + i * PAGE, i, expected_gen(i, r - 1), r);
+			for (uint64_t i = b; i < e; i++) {
+				if (!selected(r, i))
+					continue;
+				int keep = r == 1 && n_saved < opt_selftest;
+				if (keep)
+					memcpy(saved + n_saved * PAGE, buf + i * PAGE, PAGE);
+				write_page(buf + i * PAGE, i, r + 1);
+				if (keep) {
+					memcpy(buf + i * PAGE, saved + n_saved * PAGE, PAGE);
+					saved_idx[n_saved++] = i;
+				}
+				written++;
+			}
+			if ((b / opt_batch) % 64 == 63)
+				progress("rewrite", r, e);
+		}
+		if (r == 1 && n_saved >= 3) {
+			/* Also one dropped swap entry (zeroed page) and one flipped payload byte (corruption). */
+			memset(buf + saved_idx[n_saved - 1] * PAGE, 0, PAGE);
+			buf[saved_idx[n_saved - 2] * PAGE + 1000] ^= 0x5a;
+			printf("@@LEDGER {\"ev\":\"selftest\",\"stale\":%lu,\"zero\":1,\"corrupt\":1}\n", n_saved - 2);
+		} else if (r == 1 && n_saved) {
+			printf("@@LEDGER {\"ev\":\"selftest\",\"stale\":%lu,\"zero\":0,\"corrupt\":0}\n", n_saved);
+		}
+		printf("@@LEDGER {\"ev\":\"round\",\"round\":%lu,\"written\":%lu,\"bad\":%lu,\"t\":%.3f}\n", r, written,
+		       n_stale + n_zero + n_corrupt, elapsed());
+		window(r);
+	}
+	for (uint64_t i = 0; i < opt_pages; i++)
+		verify_page(buf + i * PAGE, i, expected_gen(i, opt_rounds), opt_rounds + 1);
+	printf("@@LEDGER {\"ev\":\"done\",\"pages\":%lu,\"rounds\":%lu,\"verified\":%lu,\"stale\":%lu,\"zero\":%lu,"
+	       "\"corrupt\":%lu,\"t\":%.3f}\n",
+	       opt_pages, opt_rounds, n_verified, n_stale, n_zero, n_corrupt, elapsed());
+	return n_stale + n_zero + n_corrupt ? 1 : 0;
+}

@@ -1,0 +1,134 @@
+"""L1 initramfs: busybox, dropbear (host key made at build and pinned by L0), qemu-system-x86_64 with its
+libraries and firmware, the kernel's own modules (kvm, kvm_amd/kvm_intel, zram, virtio) and the L2 kernel +
+initramfs.  Cached by a hash of every input; unchanged inputs rebuild nothing."""
+from __future__ import annotations
+
+import json
+import lzma
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import InfraError
+from harness.images.cpio import busybox_tree, copy_into, inputs_hash, ldd_libs, pack, sha256_file
+from harness.images.l2 import L2Image
+from harness.paths import REPO, cache_dir
+
+GUEST = REPO / "guest-images"
+L1_MODULES = ["kvm_amd", "kvm_intel", "zram", "virtio_net", "virtio_blk", "virtio_pci"]
+QEMU = Path("/usr/bin/qemu-system-x86_64")
+# Firmware the L2 QEMU needs with -nodefaults -vga none -kernel (bios-256k.bin lives in seabios on Debian).
+FIRMWARE = ["bios-256k.bin", "linuxboot_dma.bin", "linuxboot.bin", "kvmvapic.bin", "multiboot_dma.bin"]
+FIRMWARE_DIRS = [Path("/usr/share/qemu"), Path("/usr/share/seabios")]
+
+
+@dataclass(frozen=True)
+class L1Image:
+    initramfs: Path
+    host_key_pub: str  # "ecdsa-sha2-nistp256 AAAA..."
+    key: str
+    modules: list[str]
+
+
+def _run(cmd: list[str], **kw) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        raise InfraError(f"{' '.join(cmd)}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def module_files(modroot: Path, release: str, names: list[str]) -> list[Path]:
+    """Module files (with dependencies, in load order) for `names`; built-ins and absent modules skipped."""
+    if not (modroot / "lib/modules" / release / "modules.dep").exists():
+        _run(["depmod", "-b", str(modroot), release])
+    files: list[Path] = []
+    for name in names:
+        p = subprocess.run(["modprobe", "-d", str(modroot), "-S", release, "--show-depends", name],
+                           capture_output=True, text=True)
+        for line in p.stdout.splitlines():
+            parts = line.split()
+            if parts[:1] == ["insmod"] and Path(parts[1]) not in files:
+                files.append(Path(parts[1]))
+    return files
+
+
+def _install_modules(root: Path, modroot: Path, release: str) -> list[str]:
+    modroot = modroot.resolve()
+    src_base = modroot / "lib/modules" / release
+    dst_base = root / "lib/modules" / release
+    loaded = []
+    for f in module_files(modroot, release, L1_MODULES):
+        rel = f.relative_to(src_base)
+        dst = dst_base / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix == ".xz":  # busybox modprobe cannot read compressed modules
+            dst = dst.with_suffix("")
+            dst.write_bytes(lzma.decompress(f.read_bytes()))
+        elif f.suffix in (".zst", ".gz"):
+            raise InfraError(f"unsupported module compression: {f}")
+        else:
+            shutil.copy2(f, dst)
+        loaded.append(dst.name)
+    for extra in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (src_base / extra).exists():
+            shutil.copy2(src_base / extra, dst_base / extra)
+    _run(["depmod", "-b", str(root), release])
+    return loaded
+
+
+def _firmware(name: str) -> Path:
+    for d in FIRMWARE_DIRS:
+        if (d / name).exists():
+            return d / name
+    raise InfraError(f"QEMU firmware {name} not found (apt-get install qemu-system-x86 seabios)")
+
+
+def build_l1_image(kernel_dir: Path, release: str, l2: L2Image, l2_kernel: Path) -> L1Image:
+    scripts = sorted(p for p in (GUEST / "l1").iterdir() if p.is_file())
+    kernel_id = (kernel_dir / "meta.json").read_text() if (kernel_dir / "meta.json").exists() else ""
+    inputs = ["l1-v1", release, kernel_id, sha256_file(kernel_dir / "bzImage"), l2.key,
+              sha256_file(l2_kernel), QEMU, Path("/usr/sbin/dropbear"), Path("/bin/busybox"), *scripts,
+              ",".join(L1_MODULES)]
+    key = inputs_hash(inputs)
+    out_dir = cache_dir() / "images" / f"l1-{key}"
+    if (out_dir / "manifest.json").exists():
+        m = json.loads((out_dir / "manifest.json").read_text())
+        return L1Image(out_dir / "initramfs.cpio", m["host_key_pub"], key, m["modules"])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".l1-") as tmp:
+        t = Path(tmp)
+        art = t / "out"
+        art.mkdir()
+        root = t / "root"
+        busybox_tree(root)
+        copy_into(root, GUEST / "l1/init", "init", 0o755)
+        for s in scripts:
+            if s.name != "init":
+                copy_into(root, s, f"harness/{s.name}", 0o755)
+        modules = _install_modules(root, kernel_dir / "modules", release)
+        # SSH: dropbear with a host key made here and pinned by L0.
+        for b in (Path("/usr/sbin/dropbear"), QEMU):
+            copy_into(root, b, mode=0o755)
+            for lib in ldd_libs(b):
+                copy_into(root, lib)
+        (root / "etc/dropbear").mkdir(parents=True)
+        _run(["dropbearkey", "-t", "ecdsa", "-s", "256", "-f", str(root / "etc/dropbear/dropbear_ecdsa_host_key")])
+        pub = next(line for line in _run(["dropbearkey", "-y", "-f",
+                                           str(root / "etc/dropbear/dropbear_ecdsa_host_key")]).splitlines()
+                   if line.startswith("ecdsa-"))
+        pub = " ".join(pub.split()[:2])
+        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "etc/group").write_text("root:x:0:\n")
+        (root / "etc/shells").write_text("/bin/sh\n")
+        for fw in FIRMWARE:
+            copy_into(root, _firmware(fw), f"usr/share/qemu/{fw}")
+        copy_into(root, l2_kernel, "l2/bzImage")
+        copy_into(root, l2.initramfs, "l2/initramfs.cpio")
+        pack(root, art / "initramfs.cpio")
+        manifest = {"key": key, "release": release, "host_key_pub": pub, "modules": modules,
+                    "l2_key": l2.key, "qemu": _run([str(QEMU), "--version"]).splitlines()[0]}
+        (art / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        art.rename(out_dir)
+    return L1Image(out_dir / "initramfs.cpio", pub, key, modules)

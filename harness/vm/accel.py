@@ -1,0 +1,83 @@
+"""Pick the accelerator once, by a real probe (kvm-unit-tests' arch-run.bash style).
+
+/dev/kvm existing proves nothing (a paravirtual kvm_pvm cannot boot a normal kernel), so the probe boots the
+kernel under test with -enable-kvm and no initramfs: reaching the "VFS: Unable to mount root" panic means KVM
+runs a real kernel.  Anything else → TCG (-accel tcg,thread=multi -cpu max), with the reason recorded.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+PROBE_MARKERS = ("VFS: Unable to mount root", "Kernel panic - not syncing")
+
+
+@dataclass(frozen=True)
+class Accel:
+    mode: str  # "kvm" | "tcg"
+    reason: str
+    cpu_vendor: str  # L0's vendor_id; L1's own is recorded by the scenario
+    qemu_args: tuple[str, ...]
+    timeout_scale: float  # TCG is slower: every guest timeout is multiplied by this
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["qemu_args"] = list(self.qemu_args)
+        return d
+
+
+TCG = ("-accel", "tcg,thread=multi,tb-size=512", "-cpu", "max")
+KVM = ("-enable-kvm", "-cpu", "host")
+
+
+def host_cpu_vendor(cpuinfo: str | None = None) -> str:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+    for line in cpuinfo.splitlines():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def judge_probe(returncode: int | None, console: str) -> tuple[bool, str]:
+    """Pure: did the KVM probe guest really run a kernel?"""
+    if any(m in console for m in PROBE_MARKERS):
+        return True, "KVM probe: a real kernel booted to its root-mount panic under -enable-kvm"
+    last = next((ln for ln in reversed(console.strip().splitlines()) if ln.strip()), "")
+    if returncode is None:
+        return False, "KVM probe timed out before the kernel reached its root-mount panic"
+    return False, f"KVM probe guest did not run a kernel (qemu exit {returncode}: {last[:160] or 'no output'})"
+
+
+def probe_kvm(kernel: Path, timeout: float = 30.0) -> tuple[bool, str]:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is missing or not accessible"
+    with tempfile.TemporaryDirectory(prefix="harness-kvm-probe-") as tmp:
+        log = Path(tmp) / "console.log"
+        cmd = [QEMU, *KVM, "-m", "256", "-nodefaults", "-display", "none", "-vga", "none", "-no-reboot",
+               "-serial", f"file:{log}", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            rc, err = p.returncode, p.stderr
+        except subprocess.TimeoutExpired:
+            rc, err = None, ""
+        console = (log.read_text(errors="replace") if log.exists() else "") + "\n" + err
+        return judge_probe(rc, console)
+
+
+def choose_accel(kernel: Path, force: str | None = None) -> Accel:
+    vendor = host_cpu_vendor()
+    force = force or os.environ.get("HARNESS_ACCEL")
+    if force == "tcg":
+        return Accel("tcg", "forced by HARNESS_ACCEL=tcg", vendor, TCG, 1.0)
+    ok, reason = probe_kvm(kernel)
+    if ok:
+        return Accel("kvm", reason, vendor, KVM, 0.5)
+    return Accel("tcg", reason + "; falling back to TCG", vendor, TCG, 1.0)
