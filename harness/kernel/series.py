@@ -176,6 +176,8 @@ def reset_tree(tree: Path, commit: str) -> None:
     if (gd / "rebase-apply").exists():
         git("am", "--abort", cwd=tree, check=False)
         shutil.rmtree(gd / "rebase-apply", ignore_errors=True)
+    # refresh stat info first: a file whose mtime changed but content did not must not be rewritten
+    git("update-index", "-q", "--refresh", cwd=tree, check=False)
     git("checkout", "-q", "-f", "--detach", commit, cwd=tree)
     git("clean", "-q", "-f", "-d", "-x", cwd=tree)
 
@@ -213,9 +215,16 @@ def apply_stack(tree: Path, base_commit: str, patches: list[Patch], log=print) -
     # longest remembered prefix would be nice; applying from base is cheap enough.
     reset_tree(tree, base_commit)
     for i, p in enumerate(patches, 1):
-        r = git("am", "--3way", "--keep-cr", "--quiet", str(p.path), cwd=tree, check=False)
+        r = git("am", "--3way", "--keep-cr", str(p.path), cwd=tree, check=False)
         if r.returncode != 0:
-            detail = first_failure((r.stdout or "") + "\n" + (r.stderr or ""))
+            out = (r.stdout or "") + "\n" + (r.stderr or "")
+            detail = first_failure(out)
+            # the 3-way fallback hides the hunk: ask `git apply` on the tree as it was before this patch
+            git("reset", "-q", "--hard", "HEAD", cwd=tree, check=False)
+            chk = git("apply", "--check", str(p.path), cwd=tree, check=False)
+            hunk = first_failure(chk.stderr or "") if chk.returncode != 0 else ""
+            if hunk and hunk not in detail:
+                detail = f"{detail}; first failing hunk: {hunk}"
             reset_tree(tree, base_commit)
             raise InputError(f"patch {i}/{len(patches)} {p.name} ({p.subject!r}) does not apply: {detail}")
     commit = git("rev-parse", "HEAD", cwd=tree).stdout.strip()

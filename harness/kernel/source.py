@@ -110,7 +110,7 @@ def _fmt_validation(e: ValidationError, where: str) -> str:
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"] if not str(x).endswith("Base") and x not in
                        ("str", "B4Series", "function-after[_one_base(), union[DebianBase,TarballBase,GitBase]]"))
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         parts.append(f"{loc or '(top)'}: {msg}")
@@ -126,7 +126,9 @@ def parse_kernel_yaml(text: str, where: str = "KERNEL.yaml") -> KernelSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise InputError(f"{where}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise InputError(f"{where}: must be a mapping with at least 'base'")
     try:
