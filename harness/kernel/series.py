@@ -101,8 +101,8 @@ def read_mbox(mbox: Path) -> list[Patch]:
     h = hashlib.sha256(data).hexdigest()[:16]
     dest = cache_dir() / "series" / f"mbox-{h}"
     if not dest.is_dir():
-        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent.mkdir(parents=True,
-                                                                                       exist_ok=True) or dest.parent))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
         try:
             split_mbox(mbox, tmp)
             tmp.rename(dest)
@@ -119,7 +119,7 @@ def read_b4(msgid: str) -> list[Patch]:
     msgid = msgid.strip().strip("<>")
     safe = re.sub(r"[^A-Za-z0-9._@-]", "_", msgid)
     dest = cache_dir() / "series" / f"b4-{safe}"
-    if not any(dest.glob("*.mbx")) if dest.is_dir() else True:
+    if not (dest.is_dir() and any(dest.glob("*.mbx"))):
         if shutil.which("b4") is None:
             raise InputError(f"series {{b4: {msgid}}}: b4 is not installed (pip install b4), "
                              "or download the series as an mbox and point 'series' at it")
