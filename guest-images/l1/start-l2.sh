@@ -18,7 +18,7 @@ rm -f /run/l2.rc /run/l2-console.log
 : > /run/l2-console.log
 # The subshell joins the cgroup first, so QEMU and all its guest memory are charged there.
 setsid sh -c "echo \$\$ > $cg/cgroup.procs; echo \$\$ > /run/l2.pid
-  qemu-system-x86_64 -L /usr/share/qemu -enable-kvm -cpu host -machine pc $mem -smp $L2_CPUS \
+  qemu-system-x86_64 -L /usr/share/qemu -enable-kvm -cpu host,-xsave -machine pc $mem -smp $L2_CPUS \
     -nodefaults -no-user-config -vga none -display none -no-reboot \
     -serial file:/run/l2-console.log -kernel /l2/bzImage -initrd /l2/initramfs.cpio \
     -append '$L2_APPEND' > /run/l2-qemu.log 2>&1

@@ -1,0 +1,161 @@
+"""The results folder: atomic writes, run.json, summary.txt, junit.xml, reproduce.sh.
+
+A run works in results/<run-id>.incomplete/ and is renamed to results/<run-id>/ once run.json is written, so a
+folder without the suffix is always complete; an interrupted run keeps the suffix (and says so in run.json).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS, InputError
+
+SCHEMA = 1
+VERDICT_EXIT = {"pass": EXIT_PASS, "finding": EXIT_FINDING, "infra-error": EXIT_INFRA, "input-error": EXIT_INPUT}
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+class RunDir:
+    def __init__(self, root: Path, run_id: str):
+        self.root = Path(root)
+        self.run_id = run_id
+        self.final = self.root / run_id
+        self.path = self.root / f"{run_id}.incomplete"
+        self.path.mkdir(parents=True)
+
+    def case(self, name: str) -> Path:
+        d = self.path / "cases" / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def finish(self) -> Path:
+        os.replace(self.path, self.final)
+        self.path = self.final
+        return self.final
+
+
+def verdict_of(findings: list[dict]) -> str:
+    """A real finding (ledger, trace, console crash) beats an infrastructure failure: both are reported."""
+    if any(f.get("oracle") != "infra" for f in findings):
+        return "finding"
+    if findings:
+        return "infra-error"
+    return "pass"
+
+
+def summary_text(run: dict) -> str:
+    L = []
+    k = run.get("kernel", {})
+    L.append(f"run {run['run_id']}: {run['verdict'].upper()}")
+    L.append(f"kernel   {k.get('release')} ({k.get('source')}) {k.get('base', '')}")
+    for p in k.get("patches", []):
+        L.append(f"  patch  {p.get('sha256', '')[:12]} {p.get('subject')}")
+    a = run.get("accel", {})
+    L.append(f"accel    {a.get('mode')} — {a.get('reason')}")
+    l1 = run.get("l1", {})
+    L.append(f"L1       {l1.get('kvm_module')} nested={l1.get('nested')} tdp={l1.get('tdp')} "
+             f"tdp_mmu={l1.get('tdp_mmu')} vendor={l1.get('cpu_vendor')}")
+    vd = l1.get("vmstat_delta", {})
+    L.append("vmstat   " + " ".join(f"{k}={v}" for k, v in vd.items()))
+    lg = run.get("ledger", {})
+    L.append(f"ledger   pages={lg.get('pages')} rounds={lg.get('rounds_done')}/{lg.get('rounds')} "
+             f"verified={lg.get('pages_verified')} stale={lg.get('stale')} zero={lg.get('zero')} "
+             f"corrupt={lg.get('corrupt')}")
+    tr = run.get("trace", {})
+    if tr.get("rules"):
+        L.append(f"trace    events={tr.get('events')} lost={tr.get('lost_events')} ruleset={tr.get('ruleset')}")
+        for name, r in tr["rules"].items():
+            state = (f"checked {r.get('events_checked')} events, {r.get('violations')} violations"
+                     if r.get("ran") else f"NOT RUN ({r.get('why', '')})")
+            L.append(f"  {name}     {state}")
+    t = run.get("timings", {})
+    L.append("timings  " + " ".join(f"{k}={v:.1f}" for k, v in t.items() if isinstance(v, (int, float))))
+    L.append(f"findings {len(run.get('findings', []))}")
+    for f in run.get("findings", []):
+        L.append(f"  [{f.get('oracle')}/{f.get('layer')}/{f.get('kind')}] {f.get('title')}")
+        for p in f.get("pages", [])[:5]:
+            L.append(f"      page index={p.get('index')} gfn={p.get('gfn'):#x} expected gen={p.get('expected')} "
+                     f"found gen={p.get('found')}" if isinstance(p.get("gfn"), int) else f"      {p}")
+        for line in f.get("timeline", [])[:12]:
+            L.append(f"      {line}")
+        for line in (f.get("excerpt") or "").splitlines()[:8]:
+            L.append(f"      | {line}")
+    return "\n".join(L) + "\n"
+
+
+def junit_xml(run: dict) -> str:
+    """One test case per case folder/run: it passes when the verdict is pass."""
+    cases = run.get("cases") or [{"name": run.get("scenario", {}).get("name", "default"),
+                                  "verdict": run["verdict"], "findings": run.get("findings", []),
+                                  "time": run.get("timings", {}).get("total_s", 0)}]
+    suite = ET.Element("testsuite", name="kvm-dirty-harness", tests=str(len(cases)))
+    fails = 0
+    for c in cases:
+        tc = ET.SubElement(suite, "testcase", classname=run["run_id"], name=c["name"], time=f"{c.get('time', 0):.1f}")
+        if c["verdict"] != c.get("expect", "pass"):
+            fails += 1
+            el = ET.SubElement(tc, "failure" if c["verdict"] == "finding" else "error",
+                               message=f"verdict {c['verdict']}")
+            el.text = "\n".join(f"[{f.get('oracle')}/{f.get('kind')}] {f.get('title')}" for f in c.get("findings", []))
+    suite.set("failures", str(fails))
+    return ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def reproduce_sh(argv: list[str], run: dict) -> str:
+    """One file that re-runs this case with the same inputs (from a checkout of the same commit)."""
+    seed = run.get("scenario", {}).get("seed")
+    scenario_yaml = run.get("scenario_yaml", "")
+    return f"""#!/bin/sh
+# Reproduce run {run['run_id']} (verdict: {run['verdict']}); harness commit {run.get('versions', {}).get('harness_git', '?')}.
+# Kernel: {run.get('kernel', {}).get('release')} ({run.get('kernel', {}).get('source')})
+set -e
+cd "${{HARNESS_REPO:-$(dirname "$0")/../..}}"
+scenario=$(mktemp --suffix=.yaml)
+cat > "$scenario" <<'SCENARIO'
+{scenario_yaml}SCENARIO
+exec .venv/bin/harness run "$scenario" --seed {seed} {' '.join(shlex.quote(a) for a in argv)}
+"""
+
+
+def load_run(run_dir: str | Path) -> dict:
+    p = Path(run_dir) / "run.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{p}: cannot read run.json ({e})") from None
+
+
+def cli_report(run_dir: str) -> int:
+    run = load_run(run_dir)
+    atomic_write(Path(run_dir) / "summary.txt", summary_text(run))
+    atomic_write(Path(run_dir) / "junit.xml", junit_xml(run))
+    sys.stdout.write(summary_text(run))
+    return VERDICT_EXIT.get(run["verdict"], EXIT_INFRA)
+
+
+def cli_reproduce(run_dir: str) -> int:
+    script = Path(run_dir) / "reproduce.sh"
+    if not script.exists():
+        raise InputError(f"{script} not found")
+    os.execvp("sh", ["sh", str(script)])
+    return 0
+
+
+def now_id(name: str, seed: int) -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{name}-s{seed}"
