@@ -8,10 +8,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cache_dir() -> Path:
-    """Cache for kernels, images and build trees; git-ignored inside the repo unless overridden."""
-    d = Path(os.environ.get("HARNESS_CACHE", REPO / ".cache"))
+    """Cache for kernels, images and build trees, outside the repo so fresh clones (CI) share it.
+
+    HARNESS_CACHE overrides; resolved so that object trees always see one absolute source path (make would
+    otherwise rebuild everything when the same tree is reached through a symlink)."""
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    d = Path(os.environ.get("HARNESS_CACHE", xdg / "kvm-dirty-harness"))
     d.mkdir(parents=True, exist_ok=True)
-    return d
+    return d.resolve()
 
 
 def results_root() -> Path:
