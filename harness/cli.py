@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("file")
     cc.add_argument("--json", action="store_true")
 
-    sub.add_parser("doctor", help="print the host's capabilities and what to install or enable")
+    d = sub.add_parser("doctor", help="print the host's capabilities and what to install or enable")
+    d.add_argument("--require-kvm", action="store_true", help="exit 3 unless KVM really runs a kernel")
 
     rp = sub.add_parser("report", help="re-render summary/JUnit for a results folder")
     rp.add_argument("run_dir")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return cli_classify(args.file, as_json=args.json)
         if args.cmd == "doctor":
             from harness.vm.doctor import cli_doctor
-            return cli_doctor()
+            return cli_doctor(require_kvm=args.require_kvm)
         if args.cmd == "report":
             from harness.report.results import cli_report
             return cli_report(args.run_dir)

@@ -1,0 +1,53 @@
+# kvm-dirty-harness.  Two commands on a fresh Debian 12 machine: `make run` and `make test`.
+# Each installs what it needs (Debian packages, the .venv) first.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+HARNESS := $(VENV)/bin/harness
+PYTEST  := $(PY) -m pytest
+RESULTS := results
+
+.PHONY: setup setup-build run test test-unit test-integration test-on-hardware nightly bench doctor clean
+
+$(VENV)/.installed: pyproject.toml scripts/install-deps.sh
+	scripts/install-deps.sh
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+setup-build: setup
+	scripts/install-deps.sh --build
+
+## The main job: Debian's prebuilt 6.12 as L1 and L2, scenarios/default.yaml, TCG unless KVM really works.
+run: setup
+	$(HARNESS) run $(ARGS)
+
+## Unit tests + integration tests that boot the real nested pipeline under TCG and one real (cached) kernel build.
+test: setup-build
+	$(PYTEST) tests --junitxml=$(RESULTS)/junit-tests.xml $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
+
+test-integration: setup-build
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
+
+## On a bare-metal x86 box with usable nested KVM: build the hardware matrix's kernels and run it.
+test-on-hardware: setup-build
+	$(HARNESS) doctor --require-kvm
+	$(HARNESS) matrix scenarios/hardware.yaml
+
+## The mutant matrix (kernels x knobs x seeds); JUnit, heat map and mutation score in results/.
+nightly: setup-build
+	$(HARNESS) matrix scenarios/nightly.yaml
+
+## Performance figures → results/bench-*.json
+bench: setup-build
+	$(PY) -m harness.bench
+
+doctor: setup
+	$(HARNESS) doctor
+
+clean:
+	rm -rf $(VENV) .pytest_cache

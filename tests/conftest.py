@@ -1,0 +1,22 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    d = tmp_path / "results"
+    d.mkdir()
+    return d
+
+
+def have_qemu() -> bool:
+    return shutil.which("qemu-system-x86_64") is not None
+
+
+requires_qemu = pytest.mark.skipif(not have_qemu(), reason="qemu-system-x86_64 not installed (make setup)")

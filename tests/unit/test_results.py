@@ -1,0 +1,51 @@
+import json
+import xml.etree.ElementTree as ET
+
+from harness.report.results import RunDir, atomic_write, junit_xml, summary_text, verdict_of
+from harness.scenario.l1host import l2_append, parse_vmstat, setup_env, vmstat_delta
+from harness.config import parse_scenario
+
+
+def test_verdict_precedence():
+    assert verdict_of([]) == "pass"
+    assert verdict_of([{"oracle": "infra"}]) == "infra-error"
+    assert verdict_of([{"oracle": "infra"}, {"oracle": "ledger"}]) == "finding"
+
+
+def test_rundir_is_incomplete_until_finished(tmp_path):
+    rd = RunDir(tmp_path, "r1")
+    assert rd.path.name == "r1.incomplete"
+    atomic_write(rd.case("c") / "x.txt", "hi")
+    assert not list(rd.case("c").glob(".*.tmp"))
+    rd.finish()
+    assert (tmp_path / "r1/cases/c/x.txt").read_text() == "hi" and not (tmp_path / "r1.incomplete").exists()
+
+
+def run_dict(verdict, findings):
+    return {"run_id": "r", "verdict": verdict, "findings": findings, "kernel": {"release": "6.12"},
+            "timings": {"total_s": 12.0}, "ledger": {"pages": 4}, "l1": {"vmstat_delta": {"pswpout": 5}}}
+
+
+def test_junit_one_case_fails_on_finding():
+    x = ET.fromstring(junit_xml(run_dict("finding", [{"oracle": "ledger", "kind": "stale", "title": "3 lost"}])))
+    assert x.get("failures") == "1" and x.find("testcase/failure").text.endswith("3 lost")
+    x = ET.fromstring(junit_xml(run_dict("pass", [])))
+    assert x.get("failures") == "0" and x.find("testcase/failure") is None
+
+
+def test_summary_shows_pages_and_verdict():
+    s = summary_text(run_dict("finding", [{"oracle": "ledger", "layer": "L2", "kind": "stale", "title": "1 lost",
+                                          "pages": [{"index": 3, "gfn": 0x1234, "expected": 2, "found": 1}]}]))
+    assert "FINDING" in s and "gfn=0x1234" in s and "expected gen=2" in s
+
+
+def test_vmstat_delta_and_cmdline():
+    a = parse_vmstat("pswpout 10\npswpin 3\nnr_free_pages 9\n")
+    b = parse_vmstat("pswpout 110\npswpin 4\n")
+    d = vmstat_delta(a, b)
+    assert d["pswpout"] == 100 and d["pswpin"] == 1 and "nr_free_pages" not in d
+    s = parse_scenario("ledger: {size_mb: 8, rounds: 3}\nl2_fault: panic\ntdp_mmu: false\n", "x.yaml")
+    app = l2_append(s)
+    assert "harness.ledger=pages:2048,rounds:3" in app and "oops=panic" in app and "harness.fault=panic" in app
+    assert setup_env(s)["TDP_MMU"] == "N" and setup_env(s)["SWAP_KIND"] == "disk"
+    json.dumps(setup_env(s))
