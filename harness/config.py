@@ -88,6 +88,8 @@ class Scenario(Strict):
     thresholds: Thresholds = Thresholds()
     timeouts: Timeouts = Timeouts()
     l2_fault: Literal["none", "panic"] = "none"  # panic: L2 writes 'c' to /proc/sysrq-trigger mid-workload
+    # Matrix cells expected to find stop at the first lost write (time to catch is what they measure).
+    stop_on_first_finding: bool = False
 
     @model_validator(mode="after")
     def _fit(self):

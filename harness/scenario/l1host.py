@@ -82,6 +82,8 @@ class Monitor:
     l2_boot_s: float | None = None
     l2_rc: int | None = None
     reclaim_log: list[dict] = field(default_factory=list)
+    first_bad_wall: float | None = None  # monotonic time the first bad page reached L0
+    stopped_early: bool = False
 
     def run(self, t_start_l2: float, deadline: float) -> None:
         s = self.scenario
@@ -119,12 +121,18 @@ class Monitor:
                         if ev["ev"] == "start" and self.l2_boot_s is None:
                             self.l2_boot_s = now - t_start_l2
                         ledger_oracle.feed(self.ledger, ev)
+                        if ev["ev"] == "bad" and self.first_bad_wall is None:
+                            self.first_bad_wall = now
                         self.on_event(ev)
                         if ev["ev"] == "window" and s.reclaim.writes_per_window:
                             # spread the memory.reclaim writes over the window
                             w = float(ev.get("seconds", 0))
                             n = s.reclaim.writes_per_window
                             pending_reclaim += [now + w * (i + 0.5) / n for i in range(n)]
+                if (s.stop_on_first_finding and self.first_bad_wall is not None
+                        and now - self.first_bad_wall > 2):  # a moment to collect the burst's other pages
+                    self.stopped_early = True
+                    return
                 if pending_reclaim and now >= pending_reclaim[0]:
                     pending_reclaim.pop(0)
                     mb = rng.randint(s.reclaim.min_mb, s.reclaim.max_mb)

@@ -1,0 +1,234 @@
+"""`harness matrix`: kernels × knob variants × seeds, each cell with a declared expectation.
+
+A cell expected to find (`expect: finding`) runs seed after seed until it finds or its budget ends (and stops
+each run at the first lost write); a cell expected clean runs its whole budget.  Outputs in
+results/matrix-<id>/: matrix.json, summary.txt, junit.xml (one test case per cell), heatmap.png, runs/.
+Mutation score = mutants caught / mutants that can run here; false positives = finding runs in clean cells.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.config import load_scenario
+from harness.errors import EXIT_FINDING, EXIT_PASS, InputError
+from harness.paths import results_root
+from harness.report.results import atomic_write, write_json
+
+Expect = Literal["clean", "finding", "hardware-only"]
+
+
+class KernelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prebuilt: bool = False
+    build: str | None = None  # KERNEL.yaml, relative to the matrix file
+    upto: int | None = None
+    mutant: bool = False  # counts toward the mutation score
+
+
+class Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kernels: list[str]
+    variants: list[dict] = [{}]
+    expect: Expect
+    why: str = ""
+
+
+class Matrix(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    scenario: str = "default.yaml"
+    seeds: list[int] = Field(default_factory=lambda: [1])
+    budget_runs: int = Field(2, ge=1)  # per cell
+    kernels: dict[str, KernelRef]
+    groups: list[Group]
+
+
+@dataclass
+class Cell:
+    kernel: str
+    variant: dict
+    expect: str
+    why: str = ""
+    runs: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        knobs = ",".join(f"{k}={v}" for k, v in self.variant.items()) or "default"
+        return f"{self.kernel}[{knobs}]"
+
+    @property
+    def outcome(self) -> str:
+        if self.expect == "hardware-only" and not self.runs:
+            return "skipped"
+        verdicts = [r["verdict"] for r in self.runs]
+        if "finding" in verdicts:
+            return "finding"
+        if verdicts and all(v == "pass" for v in verdicts):
+            return "clean"
+        return "infra" if verdicts else "not-run"
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == self.expect or self.outcome == "skipped"
+
+
+def load_matrix(path: Path) -> Matrix:
+    try:
+        data = yaml.safe_load(path.read_text())
+        m = Matrix.model_validate(data)
+    except OSError as e:
+        raise InputError(f"cannot read matrix {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: malformed YAML: {e}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(f"{path}: key '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+    for g in m.groups:
+        for k in g.kernels:
+            if k not in m.kernels:
+                raise InputError(f"{path}: group names kernel '{k}' that is not under kernels:")
+    return m
+
+
+def expand(m: Matrix) -> list[Cell]:
+    return [Cell(k, v, g.expect, g.why) for g in m.groups for k in g.kernels for v in g.variants]
+
+
+def overrides_of(variant: dict) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in variant.items()]
+
+
+def resolve(ref: KernelRef, base: Path) -> dict:
+    from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
+    if ref.prebuilt:
+        return load_kernel_dir(ensure_prebuilt_kernel())
+    from harness.kernel.build import build_kernel
+    return load_kernel_dir(Path(build_kernel((base / ref.build).resolve(), upto=ref.upto)))
+
+
+def score(m: Matrix, cells: list[Cell]) -> dict:
+    mutants = {k for k, r in m.kernels.items() if r.mutant}
+    runnable = {c.kernel for c in cells if c.kernel in mutants and c.expect == "finding"}
+    caught = {c.kernel for c in cells if c.kernel in runnable and c.expect == "finding" and c.outcome == "finding"}
+    fp = sum(1 for c in cells if c.expect == "clean" for r in c.runs if r["verdict"] == "finding")
+    ttc = {}
+    for k in sorted(runnable):
+        times = sorted(r["first_finding_s"] for c in cells if c.kernel == k for r in c.runs
+                       if r.get("first_finding_s") is not None)
+        ttc[k] = {"runs_caught": len(times), "median_s": times[len(times) // 2] if times else None,
+                  "min_s": times[0] if times else None}
+    return {"mutants": sorted(mutants), "runnable_mutants": sorted(runnable), "caught": sorted(caught),
+            "mutation_score": (len(caught) / len(runnable)) if runnable else None, "false_positives": fp,
+            "time_to_catch": ttc, "cells_ok": sum(c.ok for c in cells), "cells": len(cells)}
+
+
+def summary(m: Matrix, cells: list[Cell], sc: dict) -> str:
+    ms = sc["mutation_score"]
+    ms_text = "n/a" if ms is None else f"{100 * ms:.0f} %"
+    L = [f"matrix {m.name}: {sc['cells_ok']}/{sc['cells']} cells as expected; mutation score {ms_text} "
+         f"({len(sc['caught'])}/{len(sc['runnable_mutants'])}); false positives {sc['false_positives']}", ""]
+    L.append(f"{'cell':58} {'expect':14} {'outcome':9} runs  first finding")
+    for c in cells:
+        ff = [r.get("first_finding_s") for r in c.runs if r.get("first_finding_s") is not None]
+        L.append(f"{c.name:58} {c.expect:14} {c.outcome:9} {len(c.runs):4}  "
+                 f"{(str(ff[0]) + ' s') if ff else '-':>8} {'' if c.ok else '  <-- MISMATCH'}")
+    L += ["", "time to catch (from run start):"]
+    for k, t in sc["time_to_catch"].items():
+        L.append(f"  {k:20} median {t['median_s']} s, min {t['min_s']} s over {t['runs_caught']} catching runs")
+    return "\n".join(L) + "\n"
+
+
+def junit(m: Matrix, cells: list[Cell]) -> str:
+    import xml.etree.ElementTree as ET
+    suite = ET.Element("testsuite", name=f"matrix-{m.name}", tests=str(len(cells)),
+                       failures=str(sum(not c.ok for c in cells)))
+    for c in cells:
+        t = sum(r.get("total_s", 0) for r in c.runs)
+        tc = ET.SubElement(suite, "testcase", classname=m.name, name=c.name, time=f"{t:.1f}")
+        if c.outcome == "skipped":
+            ET.SubElement(tc, "skipped", message="hardware-only: needs bare-metal KVM")
+        elif not c.ok:
+            f = ET.SubElement(tc, "failure", message=f"expected {c.expect}, got {c.outcome}")
+            f.text = "\n".join(f"{r['run_dir']}: {r['verdict']} {r.get('titles')}" for r in c.runs)
+    return ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def heatmap(cells: list[Cell], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    kernels = list(dict.fromkeys(c.kernel for c in cells))
+    variants = list(dict.fromkeys(json.dumps(c.variant, sort_keys=True) for c in cells))
+    grid = [[float("nan")] * len(variants) for _ in kernels]
+    labels = [[""] * len(variants) for _ in kernels]
+    code = {"clean": 0, "finding": 1, "infra": 2, "not-run": 3, "skipped": 3}
+    for c in cells:
+        i, j = kernels.index(c.kernel), variants.index(json.dumps(c.variant, sort_keys=True))
+        grid[i][j] = code[c.outcome]
+        labels[i][j] = f"{c.outcome}\n(exp {c.expect})" + ("" if c.ok else " !")
+    fig, ax = plt.subplots(figsize=(2 + 1.9 * len(variants), 1 + 0.7 * len(kernels)))
+    ax.imshow(grid, cmap=ListedColormap(["#8fd18f", "#e06666", "#f6b26b", "#cccccc"]), vmin=0, vmax=3,
+              aspect="auto")
+    ax.set_xticks(range(len(variants)), [", ".join(f"{k}={v}" for k, v in json.loads(v).items()) or "default"
+                                         for v in variants], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(kernels)), kernels, fontsize=8)
+    for i in range(len(kernels)):
+        for j in range(len(variants)):
+            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
+    ax.set_title("outcome per cell (green clean, red finding, orange infra, grey not run)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def cli_matrix(args) -> int:
+    from harness.scenario.run import execute
+    mpath = Path(args.matrix_yaml)
+    m = load_matrix(mpath)
+    base = load_scenario(mpath.parent / m.scenario)  # validated before anything runs
+    cells = expand(m)
+    for c in cells:  # every variant must be a valid scenario: fail now, not an hour in
+        load_scenario(mpath.parent / m.scenario, overrides_of(c.variant))
+    root = Path(args.results) if args.results else results_root()
+    mdir = root / f"matrix-{time.strftime('%Y%m%d-%H%M%S')}-{m.name}"
+    (mdir / "runs").mkdir(parents=True)
+    kernels: dict[str, dict] = {}
+    for c in cells:
+        if c.expect == "hardware-only":
+            continue
+        if c.kernel not in kernels:
+            kernels[c.kernel] = resolve(m.kernels[c.kernel], mpath.parent)
+        budget = m.budget_runs
+        for seed in (m.seeds * budget)[:budget]:
+            ov = overrides_of(c.variant) + [f"seed={seed}"]
+            if c.expect == "finding":
+                ov.append("stop_on_first_finding=true")
+            s = load_scenario(mpath.parent / m.scenario, ov)
+            s = s.model_copy(update={"name": f"{c.kernel}"})
+            run = execute(s, kernels[c.kernel], mdir / "runs", (mpath.parent / m.scenario).read_text(), [], ov,
+                          case="default")
+            c.runs.append({"run_dir": run["path"], "verdict": run["verdict"], "seed": seed,
+                           "first_finding_s": run["timings"].get("first_finding_s"),
+                           "total_s": run["timings"].get("total_s", 0),
+                           "titles": [f["title"] for f in run["findings"]][:5]})
+            if c.expect == "finding" and run["verdict"] == "finding":
+                break
+        write_json(mdir / "matrix.json", {"name": m.name, "cells": [c.__dict__ | {"outcome": c.outcome, "ok": c.ok}
+                                                                     for c in cells], "score": score(m, cells)})
+    sc = score(m, cells)
+    write_json(mdir / "matrix.json", {"name": m.name, "cells": [c.__dict__ | {"outcome": c.outcome, "ok": c.ok}
+                                                                 for c in cells], "score": sc})
+    atomic_write(mdir / "summary.txt", summary(m, cells, sc))
+    atomic_write(mdir / "junit.xml", junit(m, cells))
+    heatmap(cells, mdir / "heatmap.png")
+    print(summary(m, cells, sc))
+    print(f"matrix results: {mdir}")
+    return EXIT_PASS if all(c.ok for c in cells) else EXIT_FINDING

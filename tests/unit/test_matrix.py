@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from harness.errors import InputError
+from harness.matrix import Cell, expand, heatmap, junit, load_matrix, overrides_of, score, summary
+from tests.conftest import REPO
+
+
+def test_shipped_matrices_load_and_every_variant_is_a_valid_scenario():
+    from harness.config import load_scenario
+    for name in ("nightly.yaml", "hardware.yaml"):
+        m = load_matrix(REPO / "scenarios" / name)
+        cells = expand(m)
+        assert cells and {c.expect for c in cells} <= {"clean", "finding", "hardware-only"}
+        for c in cells:
+            load_scenario(REPO / "scenarios" / m.scenario, overrides_of(c.variant))
+        assert all((REPO / "scenarios" / m.kernels[k].build).exists() for k in m.kernels if m.kernels[k].build)
+
+
+def test_unknown_kernel_in_group_is_an_input_error(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("name: x\nkernels: {a: {prebuilt: true}}\ngroups: [{kernels: [b], expect: clean}]\n")
+    with pytest.raises(InputError, match="kernel 'b'"):
+        load_matrix(p)
+
+
+def test_score_counts_caught_mutants_and_false_positives(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("name: x\nkernels: {clean: {prebuilt: true}, m1: {prebuilt: true, mutant: true}, "
+                 "m2: {prebuilt: true, mutant: true}}\n"
+                 "groups: [{kernels: [clean], expect: clean}, {kernels: [m1, m2], expect: finding}]\n")
+    m = load_matrix(p)
+    cells = expand(m)
+    run = lambda v, ff=None: {"verdict": v, "first_finding_s": ff, "run_dir": "r", "total_s": 1}
+    cells[0].runs = [run("pass"), run("finding", 50.0)]  # a false positive
+    cells[1].runs = [run("pass"), run("finding", 40.0)]
+    cells[2].runs = [run("pass"), run("pass")]
+    sc = score(m, cells)
+    assert sc["mutation_score"] == 0.5 and sc["caught"] == ["m1"] and sc["false_positives"] == 1
+    assert sc["time_to_catch"]["m1"]["median_s"] == 40.0
+    assert "MISMATCH" in summary(m, cells, sc)
+    assert junit(m, cells).count("<failure") == 2
+    heatmap(cells, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_overrides_serialise_nested_values():
+    assert overrides_of({"swap": {"kind": "zram", "size_mb": 2048}}) == ['swap={"kind": "zram", "size_mb": 2048}']
+    assert Cell("k", {"thp": "always"}, "clean").name == "k[thp=always]"
