@@ -174,7 +174,7 @@ def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, fin
         sh = L1Shell(vm.ssh_port, key, l1img.host_key_pub)
         try:
             timings["ssh_s"] = round(sh.connect(60 * scale, vm.alive), 2)
-            _in_l1(s, run, cdir, timings, findings, sh, vm, scale, deadline)
+            _in_l1(s, run, cdir, timings, findings, sh, vm, scale, deadline, t0)
         finally:
             sh.close()
             vm.qmp_quit()
@@ -182,7 +182,7 @@ def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, fin
     findings.extend(_console_findings(cdir))
 
 
-def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline) -> None:
+def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0) -> None:
     t = time.monotonic()
     env = l1host.setup_env(s)
     facts = l1host.parse_kv(sh.run(f"{l1host.env_prefix(env)} /harness/setup-host.sh", timeout=120 * scale))
@@ -230,7 +230,9 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline) ->
     timings["l1_ready_to_workload_s"] = round(timings.get("ssh_s", 0) + timings.get("l1_setup_s", 0)
                                               + (mon.l2_boot_s or 0), 2)
     findings.extend(mon.infra + mon.l2_findings)
-    run["l2"] = {"qemu_rc": mon.l2_rc, "reclaim_writes": mon.reclaim_log}
+    run["l2"] = {"qemu_rc": mon.l2_rc, "reclaim_writes": mon.reclaim_log, "stopped_early": mon.stopped_early}
+    if mon.first_bad_wall is not None:
+        timings["first_finding_s"] = round(mon.first_bad_wall - t0, 2)
 
     # End-of-run state from L1.
     after = l1host.parse_vmstat(sh.run("cat /proc/vmstat"))
@@ -253,7 +255,7 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline) ->
         run["ledger"]["selftest"] = res.selftest
         for p in ledger_oracle.check_selftest(res):
             findings.append({"oracle": "infra", "layer": "L2", "kind": "selftest-failed", "title": p})
-    if not res.done and not mon.l2_findings and not mon.infra:
+    if not res.done and not mon.l2_findings and not mon.infra and not mon.stopped_early:
         findings.append({"oracle": "console", "layer": "L2", "kind": "died",
                          "title": f"L2 ended before the ledger finished (QEMU exit {mon.l2_rc}, "
                                   f"{res.rounds_done}/{res.rounds} rounds)"})
