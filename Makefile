@@ -44,7 +44,7 @@ nightly: setup-build
 
 ## Performance figures → results/bench-*.json
 bench: setup-build
-	$(PY) -m harness.bench
+	$(PY) -m harness.bench --build
 
 doctor: setup
 	$(HARNESS) doctor

@@ -155,7 +155,7 @@ def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, fin
         sh = None
         for attempt in (1, 2):
             vm = qemu.QemuVM(spec, cdir)
-            t = time.monotonic()
+            t_guest = time.monotonic()
             vm.start()
             run["l1"]["qemu_cmd"] = vm.cmd
             try:
@@ -178,6 +178,7 @@ def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, fin
         finally:
             sh.close()
             vm.qmp_quit()
+            timings["guest_s"] = round(time.monotonic() - t_guest, 2)  # L1 QEMU start → L1 gone
     # Console oracle over everything we kept (L1 serial, L1 dmesg, L2 serial).
     findings.extend(_console_findings(cdir))
 
