@@ -84,6 +84,7 @@ class Monitor:
     reclaim_log: list[dict] = field(default_factory=list)
     first_bad_wall: float | None = None  # monotonic time the first bad page reached L0
     stopped_early: bool = False
+    swap_peak_frac: float = 0.0  # swap more than half full drops the swap cache and hides the race
 
     def run(self, t_start_l2: float, deadline: float) -> None:
         s = self.scenario
@@ -144,7 +145,11 @@ class Monitor:
                     continue
                 if now - last_vmstat >= 5:
                     last_vmstat = now
-                    st = parse_vmstat(self.sh.run("cat /proc/vmstat", timeout=60))
+                    st = parse_vmstat(self.sh.run("cat /proc/vmstat; grep -E '^Swap(Total|Free):' /proc/meminfo"
+                                                  " | tr -d ':kB'", timeout=60))
+                    if st.get("SwapTotal"):
+                        used = 1 - st.get("SwapFree", 0) / st["SwapTotal"]
+                        self.swap_peak_frac = max(self.swap_peak_frac, round(used, 3))
                     vm.write(f"{now - t_start_l2:.1f}," + ",".join(str(st.get(k, 0)) for k in VMSTAT_KEYS) + "\n")
                     vm.flush()
                     rc = self.sh.run("cat /run/l2.rc 2>/dev/null", timeout=30, check=False).strip()

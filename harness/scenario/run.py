@@ -148,7 +148,7 @@ def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, fin
             with open(swap, "wb") as f:
                 f.truncate(s.swap.size_mb << 20)
         key = make_run_key()
-        cmdline = (f"console=ttyS0 panic=-1 oops=panic zswap.enabled=0 transparent_hugepage={s.thp} "
+        cmdline = (f"console=ttyS0 loglevel=5 panic=-1 oops=panic zswap.enabled=0 transparent_hugepage={s.thp} "
                    f"{key_cmdline_arg(key)} {s.l1.cmdline}").strip()
         spec = qemu.VMSpec(kdir / "bzImage", l1img.initramfs, cmdline, accel.qemu_args, s.l1.memory_mb,
                            s.l1.cpus, swap)
@@ -189,6 +189,7 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
     facts = l1host.parse_kv(sh.run(f"{l1host.env_prefix(env)} /harness/setup-host.sh", timeout=120 * scale))
     timings["l1_setup_s"] = round(time.monotonic() - t, 2)
     l1 = run["l1"]
+    l1["cmdline"] = sh.run("cat /proc/cmdline").strip()
     l1.update({"cpu_vendor": facts.get("cpu_vendor"), "kvm_module": facts.get("kvm_module"),
                "nested": facts.get("nested") in ("1", "Y"), "tdp": facts.get("tdp") in ("1", "Y"),
                "tdp_mmu": facts.get("tdp_mmu") in ("1", "Y"), "clocksource": facts.get("clocksource"),
@@ -231,6 +232,7 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
     timings["l1_ready_to_workload_s"] = round(timings.get("ssh_s", 0) + timings.get("l1_setup_s", 0)
                                               + (mon.l2_boot_s or 0), 2)
     findings.extend(mon.infra + mon.l2_findings)
+    l1["swap_peak_frac"] = mon.swap_peak_frac
     run["l2"] = {"qemu_rc": mon.l2_rc, "reclaim_writes": mon.reclaim_log, "stopped_early": mon.stopped_early}
     if mon.first_bad_wall is not None:
         timings["first_finding_s"] = round(mon.first_bad_wall - t0, 2)
@@ -271,6 +273,8 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
         weak = [f"{k}={vd.get(k, 0)} < {need}" for k, need in (("pswpout", s.thresholds.min_pswpout),
                                                                 ("swap_ra_hit", s.thresholds.min_swap_ra_hit))
                 if vd.get(k, 0) < need]
+        if mon.swap_peak_frac > 0.5:
+            weak.append(f"swap peaked {mon.swap_peak_frac:.0%} full (> 50 % drops the swap cache and hides the race)")
         if weak:
             findings.append({"oracle": "infra", "layer": "L1", "kind": "insufficient-pressure",
                              "title": "the pressure failed, so this run could not have caught a lost write: "

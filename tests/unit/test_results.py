@@ -49,3 +49,27 @@ def test_vmstat_delta_and_cmdline():
     assert "harness.ledger=pages:2048,rounds:3" in app and "oops=panic" in app and "harness.fault=panic" in app
     assert setup_env(s)["TDP_MMU"] == "N" and setup_env(s)["SWAP_KIND"] == "disk"
     json.dumps(setup_env(s))
+
+
+def test_pinned_host_key_rejects_another_key():
+    import paramiko
+    import pytest
+    from harness.vm.ssh import PinnedHostKey, pinned_host_key
+    good, bad = paramiko.ECDSAKey.generate(bits=256), paramiko.ECDSAKey.generate(bits=256)
+    policy = PinnedHostKey(pinned_host_key(f"{good.get_name()} {good.get_base64()}"))
+    policy.missing_host_key(None, "127.0.0.1", good)  # accepted
+    with pytest.raises(paramiko.SSHException, match="host key mismatch"):
+        policy.missing_host_key(None, "127.0.0.1", bad)
+
+
+def test_l2_image_is_cached_by_its_inputs(tmp_path, monkeypatch):
+    import shutil
+    import pytest
+    if not shutil.which("busybox") or not shutil.which("cpio"):
+        pytest.skip("busybox-static/cpio not installed (make setup)")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    from harness.images.l2 import build_l2_image
+    a = build_l2_image()
+    mtime = a.initramfs.stat().st_mtime_ns
+    b = build_l2_image()
+    assert a == b and b.initramfs.stat().st_mtime_ns == mtime  # unchanged inputs rebuild nothing
