@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -33,7 +34,7 @@ from harness.errors import InfraError, InputError
 from harness.kernel import kconfig, series, source
 from harness.kernel.series import Patch
 from harness.kernel.source import KernelInputs, SourceTree, file_lock, git
-from harness.paths import REPO, cache_dir, results_root
+from harness.paths import cache_dir, results_root
 
 SCHEMA = 1                      # bump when the artifact layout or the key recipe changes
 BUILD_TARGETS = ["bzImage", "modules"]
@@ -322,9 +323,15 @@ def build_kernel(kernel_yaml: Path, upto: int | None = None, *, _fresh_objtree: 
                 lf.write(f"# key {key}; objtree {objdir} ({objtree_state}); base {tree.id}; commit {commit}\n")
                 lf.flush()
                 t = time.monotonic()
+                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                load0 = os.getloadavg()[0]
                 log(f"building {key} in {objdir} ({objtree_state} object tree, -j{jobs})")
                 run_logged(build_cmd, tree.path, lf, f"make {' '.join(BUILD_TARGETS)}", env=env)
                 times["make_s"] = round(time.monotonic() - t, 3)
+                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                # CPU seconds of make and its compilers: comparable across busy and idle machines
+                times["make_cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 1)
+                times["loadavg_1m_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 cc1 = ccache_stats()
 
                 t = time.monotonic()
