@@ -25,7 +25,7 @@ run: setup
 
 ## Unit tests + integration tests that boot the real nested pipeline under TCG and one real (cached) kernel build.
 test: setup-build
-	$(PYTEST) tests --junitxml=$(RESULTS)/junit-tests.xml $(PYTEST_ARGS)
+	HARNESS_KERNEL_BUILD=1 $(PYTEST) tests --junitxml=$(RESULTS)/junit-tests.xml $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PYTEST) tests/unit $(PYTEST_ARGS)

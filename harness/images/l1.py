@@ -131,4 +131,14 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image, l2_kernel: Path)
                     "l2_key": l2.key, "qemu": _run([str(QEMU), "--version"]).splitlines()[0]}
         (art / "manifest.json").write_text(json.dumps(manifest, indent=2))
         art.rename(out_dir)
+    prune_l1_images(keep=12)
     return L1Image(out_dir / "initramfs.cpio", pub, key, modules)
+
+
+def prune_l1_images(keep: int) -> None:
+    """Each L1 image is ~75 MB and a new one appears whenever a kernel or a guest script changes: keep the
+    most recently used few (a cache hit touches nothing, so mtime = creation time)."""
+    imgs = sorted((p for p in (cache_dir() / "images").glob("l1-*") if (p / "manifest.json").exists()),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in imgs[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
