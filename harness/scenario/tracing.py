@@ -1,16 +1,200 @@
-"""Trace capture in L1 (placeholder until the trace oracle lands): records that tracing did not run."""
+"""Trace capture in L1 for the trace oracle (DESIGN §6, docs/trace-oracle.md).
+
+`start()` arms tracefs in L1 (guest-images/l1/trace-start.sh: events + kprobes that exist, with filters) and
+starts a reader thread that streams `trace_pipe` over SSH into cases/<case>/trace.txt.gz as it is produced, so
+nothing large is buffered in L1.  The thread also feeds every line to the streaming checker
+(harness.oracles.trace.Checker), so judging costs nothing at the end of the run.  `stop()` turns tracing off,
+drains the pipe and records what the ring buffer lost.  `judge()` returns trace findings (rule violations,
+rules that could not run, ledger pages joined with their trace timeline) and fills run["trace"].
+"""
 from __future__ import annotations
+
+import gzip
+import re
+import threading
+import time
+from pathlib import Path
+
+from harness.oracles import trace as oracle
+
+PIPE_CMD = "echo $$ > /run/trace-pipe.pid; exec cat /sys/kernel/tracing/trace_pipe"
+
+
+def kernel_version(release: str | None) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def choose_ruleset(requested: str, release: str | None, symbols: set[str], patched_series: bool) -> tuple[str, str]:
+    """zap-time (<= 6.12: dirty marked when a dirty SPTE is zapped) or create-time (>= 6.13 / RFC-style port)."""
+    if requested != "auto":
+        return requested, f"set by the scenario (trace.rules={requested})"
+    ver = kernel_version(release)
+    if ver >= (6, 13):
+        return "create-time", f"kernel {release} >= 6.13 marks folios dirty when it creates a writable SPTE"
+    if "kvm_set_pfn_dirty" not in symbols and symbols:
+        return "create-time", "kvm_set_pfn_dirty is gone: the kernel marks at SPTE creation"
+    if patched_series:
+        return "create-time", f"kernel {release} carries the project's create-time series (patches/series)"
+    return "zap-time", f"kernel {release} <= 6.12 with kvm_set_pfn_dirty: dirty marked at SPTE zap"
 
 
 class TraceCapture:
     def __init__(self, sh, scenario, case_dir, run):
+        self.sh = sh
+        self.s = scenario
+        self.case_dir = Path(case_dir)
         self.run = run
+        self.path = self.case_dir / "trace.txt.gz"
+        self.max_bytes = scenario.trace.max_mb << 20
+        self.facts: dict[str, list[str]] = {}
+        self.checker: oracle.Checker | None = None
+        self.thread: threading.Thread | None = None
+        self.chan = None
+        self.bytes = 0
+        self.lines = 0
+        self.truncated = False
+        self.error: str | None = None
+        self.stopping = threading.Event()
+        self.last_data = time.monotonic()
+        self.stop_stats: dict[str, int] = {}
+        self.t_start = self.t_stop = None
+        self.armed = False
 
+    # -- L1 side -----------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.run["trace"] = {"enabled": False, "rules": {}, "why": "trace capture not implemented yet"}
+        s = self.s
+        gfn_limit = (s.l2_memory_mb << 8) + 0x100  # L2's RAM (machine pc: all below 4 GiB) plus slack
+        ncpus = max(1, s.l1.cpus)
+        env = f"GFN_LIMIT={gfn_limit:#x} BUF_KB={max(2048, 16384 // ncpus)} PAGE_FREE=1"
+        tr = self.run["trace"] = {"enabled": True, "ruleset": None, "events": 0, "lost_events": None, "rules": {}}
+        try:
+            out = self.sh.run(f"{env} /harness/trace-start.sh", timeout=120)
+        except Exception as e:  # tracing must never take the run down: say so and let the rules report not-run
+            tr.update(enabled=False, why=f"trace-start.sh failed: {e}")
+            self.checker = None
+            return
+        for line in out.splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                self.facts.setdefault(k.strip(), []).append(v.strip())
+        symbols = set(self.facts.get("symbol", []))
+        patches = self.run.get("kernel", {}).get("patches") or []
+        series = any("series" in str(p.get("path", p.get("subject", ""))).lower() for p in patches) if patches else False
+        ruleset, why = choose_ruleset(s.trace.rules, self.run.get("kernel", {}).get("release")
+                                      or (self.facts.get("release") or [None])[0], symbols, series)
+        vendor = "intel" if "intel" in str(self.run.get("l1", {}).get("kvm_module", "")) else "amd"
+        events = set(self.facts.get("event", []))
+        kprobes = [k.split(":")[0] for k in self.facts.get("kprobe", [])]
+        tr.update(ruleset=ruleset, ruleset_why=why, vendor=vendor, events_enabled=sorted(events),
+                  kprobes=self.facts.get("kprobe", []), missing=self.facts.get("missing", []),
+                  filter_failed=self.facts.get("filter_failed", []), buffer_kb=(self.facts.get("buffer_kb") or ["?"])[0],
+                  file=self.path.name)
+        self.checker = oracle.Checker(vendor=vendor, ruleset=ruleset,
+                                      available={e.split(":", 1)[1] for e in events} | set(kprobes))
+        self.armed = True
+        self.chan = self.sh.stream(PIPE_CMD)
+        self.t_start = time.monotonic()
+        self.thread = threading.Thread(target=self._reader, name="trace-reader", daemon=True)
+        self.thread.start()
+
+    def _reader(self) -> None:
+        chan = self.chan
+        buf = b""
+        chk = self.checker
+        try:
+            with gzip.open(self.path, "wb", compresslevel=1) as out:
+                while True:
+                    try:
+                        ready = chan.recv_ready()
+                    except Exception:
+                        ready = False
+                    if not ready:
+                        if chan.exit_status_ready() or chan.closed:
+                            break
+                        if self.stopping.is_set() and time.monotonic() - self.last_data > 1.5:
+                            break
+                        time.sleep(0.02)
+                        continue
+                    data = chan.recv(1 << 18)
+                    if not data:
+                        break
+                    self.last_data = time.monotonic()
+                    if self.truncated:
+                        continue
+                    self.bytes += len(data)
+                    out.write(data)
+                    buf += data
+                    *lines, buf = buf.split(b"\n")
+                    self.lines += len(lines)
+                    for ln in lines:
+                        chk.feed(ln)
+                    if self.bytes > self.max_bytes:
+                        self.truncated = True
+                        chk.truncate()
+                        try:
+                            self.sh.run("echo 0 > /sys/kernel/tracing/tracing_on", timeout=30, check=False)
+                        except Exception:
+                            pass
+                if buf and not self.truncated:
+                    chk.feed(buf)
+        except Exception as e:  # recorded; the rules then say they could not finish
+            self.error = repr(e)
 
     def stop(self) -> None:
-        pass
+        if not self.armed:
+            return
+        self.t_stop = time.monotonic()
+        try:
+            first = self.sh.run("/harness/trace-stop.sh", timeout=60, check=False)
+            self.stop_stats = {k: int(v) for k, v in (ln.split("=", 1) for ln in first.splitlines() if "=" in ln)
+                               if v.strip().isdigit()}
+        except Exception as e:
+            self.error = self.error or f"trace-stop.sh failed: {e}"
+        self.stopping.set()
+        if self.thread:
+            self.thread.join(timeout=120)
+        try:
+            self.sh.run("DISARM=1 /harness/trace-stop.sh", timeout=60, check=False)
+        except Exception:
+            pass
+        try:
+            self.chan.close()
+        except Exception:
+            pass
 
+    # -- verdict -----------------------------------------------------------------------------------------
     def judge(self, ledger) -> list[dict]:
-        return []
+        tr = self.run.setdefault("trace", {"enabled": False, "rules": {}})
+        if not self.armed or self.checker is None:
+            tr.setdefault("rules", {})
+            for r in ("R1", "R2", "R3"):
+                tr["rules"].setdefault(r, {"ran": False, "events_checked": 0, "violations": 0,
+                                           "why": tr.get("why", "tracing was not armed")})
+            tr.setdefault("lost_events", None)
+            tr.setdefault("events", 0)
+            return []
+        chk = self.checker
+        t = time.monotonic()
+        res = chk.finish()
+        lost_ring = self.stop_stats.get("overrun", 0) + self.stop_stats.get("dropped", 0)
+        lost = max(lost_ring, res.lost_events)
+        incomplete = []
+        if lost:
+            incomplete.append(f"{lost} events lost")
+        if self.truncated:
+            incomplete.append(f"trace cut at trace.max_mb={self.s.trace.max_mb}")
+        if self.error:
+            incomplete.append(f"reader error: {self.error}")
+        bad_gfns = oracle.ledger_gfns(ledger)
+        findings = oracle.findings(res, incomplete=incomplete, ledger_gfns=bad_gfns)
+        if bad_gfns:
+            tl = oracle.timelines(oracle.open_lines(self.path), bad_gfns, vendor=chk.vendor)
+            findings += oracle.timeline_findings(tl, res, incomplete)
+        tr.update(events=res.events, lines=self.lines, bytes=self.bytes,
+                  file_bytes=self.path.stat().st_size if self.path.exists() else 0,
+                  lost_events=lost, lost_markers=res.lost_events, ring=self.stop_stats,
+                  truncated=self.truncated, reader_error=self.error, event_counts=res.counts,
+                  capture_s=round((self.t_stop or time.monotonic()) - (self.t_start or time.monotonic()), 2),
+                  judge_s=round(time.monotonic() - t, 2), rules=oracle.rules_json(res, incomplete))
+        return findings
