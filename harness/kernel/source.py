@@ -346,6 +346,13 @@ def prepare_source(inputs: KernelInputs, identity: dict | None = None, log=print
     callers reset it with series.checkout_base()."""
     ident = identity or base_identity(inputs)
     dest = _src_root() / ident["id"]
+    if (dest / ".git").is_dir():
+        # made before: no need to wait for the lock (another build may hold it for minutes)
+        r = git("rev-parse", "--verify", "--quiet", "refs/harness/base", cwd=dest, check=False)
+        if r.returncode == 0 and (ident["kind"] != "git" or r.stdout.strip() == ident["commit"]):
+            tree = SourceTree(dest, r.stdout.strip(), dict(ident, base_commit=r.stdout.strip()))
+            tree.identity["version"] = _version_at(tree)
+            return tree
     with file_lock(_src_root() / (ident["id"] + ".lock")):
         if ident["kind"] in ("debian-source", "tarball"):
             if not (dest / ".git").is_dir():
