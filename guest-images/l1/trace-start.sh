@@ -33,14 +33,14 @@ ev() {  # ev SYS NAME [FILTER]
 }
 G=${GFN_LIMIT:-0x100000}
 ev kvmmmu kvm_tdp_mmu_spte_changed "gfn < $G"
-ev kvmmmu kvm_mmu_set_spte "gfn < $G"
 ev kvmmmu kvm_mmu_spte_requested "gfn < $G"
-ev kvmmmu fast_page_fault
+# kvmmmu:kvm_mmu_set_spte and fast_page_fault are not enabled: the TDP MMU's installs already show in
+# kvm_tdp_mmu_spte_changed, and every line costs L1 CPU (formatting, cat, dropbear) that L2 then lacks.
 ev kvm kvm_unmap_hva_range
 # kvm:kvm_age_hva is not enabled: a third of all lines, and no rule needs it
 ev vmscan mm_vmscan_write_folio
 # mm_page_free: the SSH path that carries this trace frees pages per packet (a feedback loop): not those tasks
-[ "${PAGE_FREE:-1}" = 1 ] && ev kmem mm_page_free 'order < 4 && comm != "dropbear" && comm != "cat"'
+[ "${PAGE_FREE:-1}" = 1 ] && ev kmem mm_page_free 'order < 4 && comm != "dropbear" && comm != "cat" && comm != "gzip"'
 
 # kprobes on the dirty-marking functions that exist (kvm is a module: its symbols are in kallsyms once loaded).
 # One pass over kallsyms (slow under TCG): module symbols end in a tab and [module].
