@@ -127,6 +127,15 @@ def run_logged(cmd: list[str], cwd: Path, log_file, title: str, env: dict | None
                             errors="replace", bufsize=1, start_new_session=True, env=env)
     last = ""
     tail: list[str] = []
+    old_handlers = {}
+
+    def _on_term(signum, frame):        # SIGTERM/SIGHUP: clean up like Ctrl-C (make runs in its own session)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old_handlers[sig] = signal.signal(sig, _on_term)
     try:
         if console.is_terminal:
             with console.status(title) as st:
@@ -153,6 +162,8 @@ def run_logged(cmd: list[str], cwd: Path, log_file, title: str, env: dict | None
         _kill_group(proc)
         raise
     finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
         log_file.flush()
     if rc != 0:
         errs = [t for t in tail if "error" in t.lower() or "Error" in t] or tail[-5:]
