@@ -39,7 +39,8 @@ VENDOR_BITS = {  # accessed, dirty, host-writable, mmu-writable
 VMEMMAP_DEFAULT = 0xFFFFEA0000000000  # x86-64 vmemmap base without KASLR of the memory layout
 STRUCT_PAGE = 64  # sizeof(struct page) on x86-64
 WINDOW = 4096  # lines: a pending check still unresolved this far on is late (preemption included)
-GAP_S = 200e-6  # a task's next event this long after a zap means events may have vanished in between (see docs)
+GAP_S = 200e-6  # a task's next event this long after a zap: events may have vanished in between (see docs)
+NOISE = 5e-5  # with cut lines in the trace, up to this fraction of checks may fail from silent loss (see docs)
 MAX_EXAMPLES = 50
 
 
@@ -94,6 +95,9 @@ class Event:
 
 
 _COMM_WITH_SPACE = re.compile(rb"CPU \d+/KVM-\d+")  # QEMU's vCPU threads: the one task name here with a space
+# ftrace prints "%16s-%-7d [%03d]": the CPU's "[" sits at column 25 unless a pid has more than 7 digits.  A "[" much
+# further right means the text of a cut event precedes this header (even when that text is only blanks).
+HEADER_COL = 25
 
 
 def split_line(line: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes, bool] | None:
@@ -113,7 +117,7 @@ def split_line(line: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes, bool] | 
     ts = line[r + 1:k]
     sp = ts.rfind(b" ")
     return line[k + 2:e], line[lb + 1:r], head[head.rfind(b"-") + 1:], ts[sp + 1:] if sp >= 0 else ts, line[e + 2:], \
-        b" " in head and not _COMM_WITH_SPACE.fullmatch(head)
+        lb != HEADER_COL
 
 
 def uncut(line: bytes) -> tuple[bytes, int]:
@@ -476,6 +480,12 @@ def open_lines(path: str | Path) -> Iterator[bytes]:
 
 # ---- verdicts --------------------------------------------------------------------------------------------------
 
+def noise_floor(res: Result, st: RuleState) -> int:
+    """trace_pipe on 6.12 loses a few events silently next to its cut lines (docs/trace-oracle.md): when the trace
+    has cut lines, this many violations are within the transport's noise and make no finding."""
+    return int(st.checked * NOISE) if res.cut_events else 0
+
+
 def rules_json(res: Result, incomplete: list[str] | None = None) -> dict:
     out = {}
     for r, st in res.rules.items():
@@ -484,7 +494,12 @@ def rules_json(res: Result, incomplete: list[str] | None = None) -> dict:
             why += "; cannot prove absence: " + ", ".join(incomplete)
         if st.ran and st.checked == 0:
             why += "; nothing to check was observed (vacuous)"
+        floor = noise_floor(res, st)
+        if st.ran and 0 < st.violations <= floor:
+            why += (f"; {st.violations} violation(s) within the noise floor ({floor}) of trace_pipe's silent losses "
+                    f"next to {res.cut_events} cut lines: no finding")
         out[r] = {"ran": st.ran, "events_checked": st.checked, "violations": st.violations, "why": why,
+                  "noise_floor": noise_floor(res, st),
                   "unresolved_at_end": st.unresolved_at_end, "dropped_by_lost_events": st.dropped_by_loss,
                   "dropped_by_cut_lines": st.dropped_by_cut, "dropped_by_time_gap": st.dropped_by_gap}
     return out
@@ -508,7 +523,7 @@ def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list
               "R2": "writable SPTE installed without marking its page dirty",
               "R3": "page freed after a notifier zap with no writeback and no dirty mark (lost write)"}
     for r, st in res.rules.items():
-        if not st.ran or not st.violations:
+        if not st.ran or st.violations <= noise_floor(res, st):
             continue
         ex = st.examples[:20]
         for e in ex:
