@@ -1,6 +1,7 @@
 #!/bin/sh
 # Start L2's QEMU under L1's KVM inside a memory-limited cgroup v2 leaf, detached; it ends when L2 powers off.
 #   L2_MEM_MB L2_CPUS MEMORY_MAX_MB BACKEND=anon|memfd|file L2_APPEND
+# L2's QEMU runs niced: on a 1-vCPU L1 it would otherwise starve the SSH control and trace streams.
 # Files: /run/l2-console.log (L2 serial), /run/l2.pid, /run/l2.rc (QEMU's exit code once it ends).
 set -e
 cg=/sys/fs/cgroup/l2
@@ -17,7 +18,7 @@ esac
 rm -f /run/l2.rc /run/l2-console.log
 : > /run/l2-console.log
 # The subshell joins the cgroup first, so QEMU and all its guest memory are charged there.
-setsid sh -c "echo \$\$ > $cg/cgroup.procs; echo \$\$ > /run/l2.pid
+setsid sh -c "echo \$\$ > $cg/cgroup.procs; echo \$\$ > /run/l2.pid; renice -n 10 -p \$\$ >/dev/null
   qemu-system-x86_64 -L /usr/share/qemu -enable-kvm -cpu host,-xsave -machine pc $mem -smp $L2_CPUS \
     -nodefaults -no-user-config -vga none -display none -no-reboot \
     -serial file:/run/l2-console.log -kernel /l2/bzImage -initrd /l2/initramfs.cpio \

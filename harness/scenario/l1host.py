@@ -115,12 +115,13 @@ class Monitor:
                     con.flush()
                     *lines, buf = buf.split(b"\n")
                     for raw in lines:
+                        if self.l2_boot_s is None and b"HARNESS-L2: init" in raw:
+                            self.l2_boot_s = now - t_start_l2  # L2's kernel is up and runs our init
+                            last_line_t = now
                         ev = ledger_oracle.parse_line(raw.decode(errors="replace"))
                         if not ev:
                             continue
                         last_line_t = now
-                        if ev["ev"] == "start" and self.l2_boot_s is None:
-                            self.l2_boot_s = now - t_start_l2
                         ledger_oracle.feed(self.ledger, ev)
                         if ev["ev"] == "bad" and self.first_bad_wall is None:
                             self.first_bad_wall = now

@@ -97,7 +97,7 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     findings: list[dict] = run["findings"]
     vm = None
     interrupted = False
-    log(f"run [bold]{rd.run_id}[/bold]: kernel {meta.get('release')} ({meta.get('source')})")
+    log(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
     try:
         _pipeline(s, meta, run, cdir, timings, findings, t0, lambda v: None if v is None else None)
     except KeyboardInterrupt:
@@ -132,7 +132,7 @@ def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, fin
     kdir = Path(meta["dir"])
     accel = choose_accel(kdir / "bzImage")
     run["accel"] = accel.to_json()
-    log(f"accelerator: [bold]{accel.mode}[/bold] ({accel.reason})")
+    log(f"accelerator: {accel.mode} ({accel.reason})")
     scale = accel.timeout_scale
     deadline = t0 + s.timeouts.total_s
     t = time.monotonic()
@@ -258,7 +258,13 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
         run["ledger"]["selftest"] = res.selftest
         for p in ledger_oracle.check_selftest(res):
             findings.append({"oracle": "infra", "layer": "L2", "kind": "selftest-failed", "title": p})
-    if not res.done and not mon.l2_findings and not mon.infra and not mon.stopped_early:
+    if not res.done and mon.l2_boot_s is None and not mon.l2_findings and not mon.infra:
+        findings.append({"oracle": "infra", "layer": "L2", "kind": "no-start",
+                         "title": f"L2's QEMU ended (exit {mon.l2_rc}) before L2 booted: "
+                                  + (cdir / "l2-qemu.log").read_text(errors="replace").strip()[-200:]
+                                  if (cdir / "l2-qemu.log").exists() else f"L2's QEMU ended (exit {mon.l2_rc})"})
+    elif not res.done and not mon.l2_findings and not mon.infra and not mon.stopped_early:
+        # After L2 booted, dying early is evidence: under a broken L1, L2's own memory loses writes too.
         findings.append({"oracle": "console", "layer": "L2", "kind": "died",
                          "title": f"L2 ended before the ledger finished (QEMU exit {mon.l2_rc}, "
                                   f"{res.rounds_done}/{res.rounds} rounds)"})

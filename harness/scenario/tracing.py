@@ -69,7 +69,12 @@ class TraceCapture:
         s = self.s
         gfn_limit = (s.l2_memory_mb << 8) + 0x100  # L2's RAM (machine pc: all below 4 GiB) plus slack
         ncpus = max(1, s.l1.cpus)
-        env = f"GFN_LIMIT={gfn_limit:#x} BUF_KB={max(2048, 16384 // ncpus)} PAGE_FREE=1"
+        patches = self.run.get("kernel", {}).get("patches") or []
+        series = any("series" in str(p.get("path", p.get("file", p.get("subject", "")))).lower() for p in patches)
+        # Decided before arming so that the capture records only what the chosen rules need.
+        pre_ruleset, _ = choose_ruleset(s.trace.rules, self.run.get("kernel", {}).get("release"), set(), series)
+        env = (f"GFN_LIMIT={gfn_limit:#x} BUF_KB={max(2048, 16384 // ncpus)} PAGE_FREE=1 "
+               f"RULESET={pre_ruleset}")
         tr = self.run["trace"] = {"enabled": True, "ruleset": None, "events": 0, "lost_events": None, "rules": {}}
         try:
             out = self.sh.run(f"{env} /harness/trace-start.sh", timeout=120)
@@ -82,8 +87,6 @@ class TraceCapture:
                 k, v = line.split("=", 1)
                 self.facts.setdefault(k.strip(), []).append(v.strip())
         symbols = set(self.facts.get("symbol", []))
-        patches = self.run.get("kernel", {}).get("patches") or []
-        series = any("series" in str(p.get("path", p.get("subject", ""))).lower() for p in patches) if patches else False
         ruleset, why = choose_ruleset(s.trace.rules, self.run.get("kernel", {}).get("release")
                                       or (self.facts.get("release") or [None])[0], symbols, series)
         vendor = "intel" if "intel" in str(self.run.get("l1", {}).get("kvm_module", "")) else "amd"
