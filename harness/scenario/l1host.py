@@ -84,6 +84,7 @@ class Monitor:
     reclaim_log: list[dict] = field(default_factory=list)
     first_bad_wall: float | None = None  # monotonic time the first bad page reached L0
     stopped_early: bool = False
+    l2_end_wall: float | None = None  # when L0 saw L2's QEMU gone (a crash under a broken L1 is a finding)
     swap_peak_frac: float = 0.0  # swap more than half full drops the swap cache and hides the race
 
     def run(self, t_start_l2: float, deadline: float) -> None:
@@ -155,6 +156,7 @@ class Monitor:
                     vm.flush()
                     rc = self.sh.run("cat /run/l2.rc 2>/dev/null", timeout=30, check=False).strip()
                     if rc:
+                        self.l2_end_wall = now
                         self.l2_rc = int(rc) if rc.lstrip("-").isdigit() else -1
                         self._drain(chan, con)
                         return
