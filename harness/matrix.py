@@ -189,6 +189,13 @@ def heatmap(cells: list[Cell], out: Path) -> None:
     plt.close(fig)
 
 
+def save(mdir: Path, m: Matrix, cells: list[Cell]) -> dict:
+    sc = score(m, cells)
+    write_json(mdir / "matrix.json", {"name": m.name, "score": sc,
+                                      "cells": [c.__dict__ | {"outcome": c.outcome, "ok": c.ok} for c in cells]})
+    return sc
+
+
 def cli_matrix(args) -> int:
     from harness.scenario.run import execute
     mpath = Path(args.matrix_yaml)
@@ -221,11 +228,8 @@ def cli_matrix(args) -> int:
                            "titles": [f["title"] for f in run["findings"]][:5]})
             if c.expect == "finding" and run["verdict"] == "finding":
                 break
-        write_json(mdir / "matrix.json", {"name": m.name, "cells": [c.__dict__ | {"outcome": c.outcome, "ok": c.ok}
-                                                                     for c in cells], "score": score(m, cells)})
-    sc = score(m, cells)
-    write_json(mdir / "matrix.json", {"name": m.name, "cells": [c.__dict__ | {"outcome": c.outcome, "ok": c.ok}
-                                                                 for c in cells], "score": sc})
+        save(mdir, m, cells)  # after every cell: a killed nightly still leaves what it measured
+    sc = save(mdir, m, cells)
     atomic_write(mdir / "summary.txt", summary(m, cells, sc))
     atomic_write(mdir / "junit.xml", junit(m, cells))
     heatmap(cells, mdir / "heatmap.png")
