@@ -47,6 +47,8 @@ class LedgerKnobs(Strict):
     window_s: float = Field(4.0, ge=0)
     batch_pages: int = Field(256, ge=1)
     selftest_pages: int = Field(0, ge=0)  # >0: simulate lost writes in L2 (proves the verifier)
+    # >0: also re-verify the batch rewritten this many batches ago, so a loss shows within the round
+    trail_batches: int = Field(0, ge=0)
 
 
 class TraceKnobs(Strict):

@@ -15,6 +15,7 @@ class LedgerResult:
     rounds: int = 0
     rounds_done: int = 0
     pages_verified: int = 0
+    trail_verified: int = 0  # extra in-round checks (ledger.trail_batches)
     stale: int = 0
     zero: int = 0
     corrupt: int = 0
@@ -30,7 +31,7 @@ class LedgerResult:
 
     def totals(self) -> dict:
         return {"pages": self.pages, "rounds": self.rounds, "rounds_done": self.rounds_done,
-                "pages_verified": self.pages_verified, "stale": self.stale, "zero": self.zero,
+                "pages_verified": self.pages_verified, "trail_verified": self.trail_verified, "stale": self.stale, "zero": self.zero,
                 "corrupt": self.corrupt, "complete": self.done}
 
 
@@ -65,6 +66,7 @@ def feed(res: LedgerResult, ev: dict) -> None:
     elif kind == "done":
         res.done = True
         res.pages_verified, res.stale, res.zero, res.corrupt = ev["verified"], ev["stale"], ev["zero"], ev["corrupt"]
+        res.trail_verified = ev.get("trail_verified", 0)
 
 
 def parse_console(text: str) -> LedgerResult:

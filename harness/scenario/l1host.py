@@ -49,7 +49,7 @@ def setup_env(s: Scenario) -> dict[str, str]:
 def l2_append(s: Scenario) -> str:
     lg = s.ledger
     ledger = (f"pages:{s.ledger_pages},rounds:{lg.rounds},seed:{s.seed},write-frac:{lg.write_fraction},"
-              f"window:{lg.window_s},batch:{lg.batch_pages},selftest:{lg.selftest_pages}")
+              f"window:{lg.window_s},batch:{lg.batch_pages},selftest:{lg.selftest_pages},trail:{lg.trail_batches}")
     # L2 dies loudly: an oops panics, a panic powers off (QEMU -no-reboot exits).
     # loglevel=5: warnings and worse reach the console (the oracle needs them) but the boot chatter does not;
     # every console byte is a nested exit, which costs seconds under TCG.

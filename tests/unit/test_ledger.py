@@ -66,3 +66,11 @@ def test_oracle_tolerates_cut_lines_and_counts_bad_pages_before_done():
     f = ledger.findings(res)[0]
     assert f["oracle"] == "ledger" and f["pages"][0] == {"index": 2, "gfn": 4660, "expected": 2, "found": 1, "round": 1}
     assert ledger.check_selftest(res)  # no selftest line → the check complains
+
+
+def test_trailing_checks_catch_losses_within_the_round_and_count_once(ledger_bin):
+    rc, res = run_ledger(ledger_bin, "--pages", "2048", "--rounds", "2", "--window", "0", "--selftest", "10",
+                         "--trail", "2")
+    assert rc == 1 and res.done and res.trail_verified > 0
+    assert (res.stale, res.zero, res.corrupt) == (8, 1, 1)  # repaired when found: never counted twice
+    assert all(b["round"] == 1 for b in res.bad)  # found in the round that lost them, not the next
