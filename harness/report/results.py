@@ -63,7 +63,10 @@ def summary_text(run: dict) -> str:
     L = []
     k = run.get("kernel", {})
     L.append(f"run {run['run_id']}: {run['verdict'].upper()}")
-    L.append(f"kernel   {k.get('release')} ({k.get('source')}) {k.get('base', '')}")
+    base = k.get("base") or ""
+    if isinstance(base, dict):
+        base = " ".join(str(base[f]) for f in ("id", "base_commit", "commit") if base.get(f))
+    L.append(f"kernel   {k.get('release')} ({k.get('source')}) {base}")
     for p in k.get("patches", []):
         L.append(f"  patch  {p.get('sha256', '')[:12]} {p.get('subject')}")
     a = run.get("accel", {})
@@ -119,13 +122,15 @@ def junit_xml(run: dict) -> str:
 
 def reproduce_sh(argv: list[str], run: dict) -> str:
     """One file that re-runs this case with the same inputs (from a checkout of the same commit)."""
+    from harness.paths import REPO
     seed = run.get("scenario", {}).get("seed")
     scenario_yaml = run.get("scenario_yaml", "")
+    argv = list(argv) + [a for ov in run.get("overrides", []) if not ov.startswith("seed=") for a in ("--set", ov)]
     return f"""#!/bin/sh
 # Reproduce run {run['run_id']} (verdict: {run['verdict']}); harness commit {run.get('versions', {}).get('harness_git', '?')}.
 # Kernel: {run.get('kernel', {}).get('release')} ({run.get('kernel', {}).get('source')})
 set -e
-cd "${{HARNESS_REPO:-$(dirname "$0")/../..}}"
+cd "${{HARNESS_REPO:-{REPO}}}"
 scenario=$(mktemp --suffix=.yaml)
 cat > "$scenario" <<'SCENARIO'
 {scenario_yaml}SCENARIO

@@ -73,3 +73,12 @@ def test_l2_image_is_cached_by_its_inputs(tmp_path, monkeypatch):
     mtime = a.initramfs.stat().st_mtime_ns
     b = build_l2_image()
     assert a == b and b.initramfs.stat().st_mtime_ns == mtime  # unchanged inputs rebuild nothing
+
+
+def test_reproduce_script_carries_seed_overrides_and_kernel():
+    from harness.report.results import reproduce_sh
+    run = {"run_id": "r", "verdict": "finding", "scenario": {"seed": 3}, "scenario_yaml": "seed: 1\n",
+           "overrides": ["ledger.rounds=2", "seed=3"], "kernel": {"release": "6.12"}}
+    sh = reproduce_sh(["--kernel", "/k"], run)
+    assert "--seed 3" in sh and "--set ledger.rounds=2" in sh and "--kernel /k" in sh and "seed: 1" in sh
+    assert "--set seed=3" not in sh
