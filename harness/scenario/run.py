@@ -99,7 +99,7 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     interrupted = False
     log(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
     try:
-        _pipeline(s, meta, run, cdir, timings, findings, t0, lambda v: None if v is None else None)
+        _pipeline(s, meta, run, cdir, timings, findings, t0)
     except KeyboardInterrupt:
         interrupted = True
         findings.append({"oracle": "infra", "layer": "L0", "kind": "interrupted", "title": "run interrupted"})
@@ -127,8 +127,7 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     return run
 
 
-def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, findings: list[dict], t0: float,
-              _unused) -> None:
+def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, findings: list[dict], t0: float) -> None:
     kdir = Path(meta["dir"])
     accel = choose_accel(kdir / "bzImage")
     run["accel"] = accel.to_json()
@@ -244,8 +243,9 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
     l1["memory_events"] = l1host.parse_kv(sh.run("cat /sys/fs/cgroup/l2/memory.events", check=False), " ")
     l1["swaps"] = sh.run("cat /proc/swaps", check=False)
     atomic_write(cdir / "l1-dmesg.log", sh.run("dmesg", timeout=60, check=False))
-    sh.run("cat /run/l2-qemu.log 2>/dev/null", check=False) and atomic_write(
-        cdir / "l2-qemu.log", sh.run("cat /run/l2-qemu.log", check=False))
+    l2_qemu_log = sh.run("cat /run/l2-qemu.log 2>/dev/null", check=False)
+    if l2_qemu_log:
+        atomic_write(cdir / "l2-qemu.log", l2_qemu_log)
 
     # Oracles.
     text = (cdir / "l2-console.log").read_text(errors="replace")
