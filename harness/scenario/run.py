@@ -95,7 +95,6 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
                  "host": {"machine": platform.machine(), "cpus": os.cpu_count()}}
     timings = run["timings"]
     findings: list[dict] = run["findings"]
-    vm = None
     interrupted = False
     log(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
     try:
