@@ -175,6 +175,7 @@ class Monitor:
                     # A stall under a kernel under test is evidence (L2 may hang on its own lost writes).
                     self.l2_findings.append({"oracle": "console", "layer": "L2", "kind": "hang",
                                              "title": f"L2 stalled: no ledger output for {stall:.0f} s"})
+                    self.l2_end_wall = now  # the hang is known from now on
                     return
                 if now > deadline:
                     self.infra.append({"oracle": "infra", "layer": "L0", "kind": "timeout",
