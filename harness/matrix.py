@@ -183,7 +183,7 @@ def heatmap(cells: list[Cell], out: Path) -> None:
     for i in range(len(kernels)):
         for j in range(len(variants)):
             ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
-    ax.set_title("outcome per cell (green clean, red finding, orange infra, grey not run)")
+    ax.set_title("green clean · red finding · orange infra · grey not run", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
