@@ -13,9 +13,9 @@ def cache_dir() -> Path:
     HARNESS_CACHE overrides; resolved so that object trees always see one absolute source path (make would
     otherwise rebuild everything when the same tree is reached through a symlink)."""
     xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    d = Path(os.environ.get("HARNESS_CACHE", xdg / "kvm-dirty-harness"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d.resolve()
+    d = Path(os.environ.get("HARNESS_CACHE", xdg / "kvm-dirty-harness")).resolve()
+    d.mkdir(parents=True, exist_ok=True)  # resolved first: a symlinked cache whose target is gone is recreated
+    return d
 
 
 def results_root() -> Path:
