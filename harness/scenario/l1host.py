@@ -63,7 +63,7 @@ def env_prefix(env: dict[str, str]) -> str:
     return " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
 
 
-def reclaim_schedule(seed: int, s: Scenario) -> random.Random:
+def reclaim_schedule(seed: int) -> random.Random:
     return random.Random(f"reclaim-{seed}")
 
 
@@ -89,7 +89,7 @@ class Monitor:
 
     def run(self, t_start_l2: float, deadline: float) -> None:
         s = self.scenario
-        rng = reclaim_schedule(s.seed, s)
+        rng = reclaim_schedule(s.seed)
         chan = self.sh.stream("tail -n +1 -F /run/l2-console.log 2>/dev/null")
         buf = b""
         last_line_t = time.monotonic()
@@ -187,14 +187,11 @@ class Monitor:
                     time.sleep(0.05)
 
     def _drain(self, chan, con) -> None:
+        """Save the console's last bytes; the verdict re-reads the whole saved file, so no parsing here."""
         time.sleep(0.3)
         while chan.recv_ready():
             data = chan.recv(65536)
             if not data:
                 break
             con.write(data)
-            for raw in data.split(b"\n"):
-                ev = ledger_oracle.parse_line(raw.decode(errors="replace"))
-                if ev:
-                    ledger_oracle.feed(self.ledger, ev)
         chan.close()
