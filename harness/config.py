@@ -41,14 +41,14 @@ class ReclaimKnobs(Strict):
 
 
 class LedgerKnobs(Strict):
-    size_mb: int = Field(192, ge=1)
-    rounds: int = Field(4, ge=1, le=1000)
+    size_mb: int = Field(64, ge=1)
+    rounds: int = Field(6, ge=1, le=1000)
     write_fraction: float = Field(0.5, gt=0, le=1)
-    window_s: float = Field(4.0, ge=0)
+    window_s: float = Field(2.0, ge=0)
     batch_pages: int = Field(256, ge=1)
     selftest_pages: int = Field(0, ge=0)  # >0: simulate lost writes in L2 (proves the verifier)
     # >0: also re-verify the batch rewritten this many batches ago, so a loss shows within the round
-    trail_batches: int = Field(0, ge=0)
+    trail_batches: int = Field(48, ge=0)
 
 
 class TraceKnobs(Strict):
@@ -75,10 +75,14 @@ class Scenario(Strict):
     name: str = "default"
     seed: int = Field(1, ge=0)
     l1: L1Knobs = L1Knobs()
-    l2_memory_mb: int = Field(320, ge=64)
+    l2_memory_mb: int = Field(256, ge=64)
     l2_cpus: int = Field(1, ge=1, le=8)
-    memory_max_mb: int = Field(128, ge=16)
+    memory_max_mb: int = Field(32, ge=16)
     memory_backend: Literal["anon", "memfd", "file"] = "anon"
+    # L2's kernel gets its own NUMA node of this size, outside memory.max (see guest-images/l1/start-l2.sh);
+    # the ledger binds to the other node.  0: one node, L2's kernel shares the pressure (and a broken L1's
+    # lost writes kill L2 before the ledger can name a page).
+    l2_kernel_node_mb: int = Field(128, ge=0)
     swap: SwapKnobs = SwapKnobs()
     thp: Literal["never", "always", "madvise"] = "never"
     mglru: bool = True
@@ -97,10 +101,22 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _fit(self):
-        if self.memory_max_mb >= self.l2_memory_mb:
-            raise ValueError("memory_max_mb must be below l2_memory_mb, or L2 never swaps")
-        if self.ledger.size_mb > self.l2_memory_mb - 96:
-            raise ValueError(f"ledger.size_mb must leave ~96 MiB of l2_memory_mb ({self.l2_memory_mb}) for L2's kernel")
+        if self.l2_kernel_node_mb:
+            if self.l2_kernel_node_mb < 96:
+                raise ValueError("l2_kernel_node_mb must be 0 (one node) or at least 96 (L2's kernel lives there)")
+            data = self.l2_memory_mb - self.l2_kernel_node_mb
+            if data <= 0 or data % 128:
+                raise ValueError(f"l2_memory_mb - l2_kernel_node_mb (the data DIMM, {data} MiB) must be a positive "
+                                 "multiple of 128 MiB (L2 onlines memory in 128 MiB blocks)")
+            if self.ledger.size_mb > data - 8:
+                raise ValueError(f"ledger.size_mb must leave 8 MiB of the data DIMM ({data} MiB) free")
+            if self.memory_max_mb >= self.ledger.size_mb:
+                raise ValueError("memory_max_mb must be below ledger.size_mb, or the ledger never swaps")
+        else:
+            if self.memory_max_mb >= self.l2_memory_mb:
+                raise ValueError("memory_max_mb must be below l2_memory_mb, or L2 never swaps")
+            if self.ledger.size_mb > self.l2_memory_mb - 96:
+                raise ValueError(f"ledger.size_mb must leave ~96 MiB of l2_memory_mb ({self.l2_memory_mb}) for L2's kernel")
         if self.l2_memory_mb * 2 > self.swap.size_mb:
             raise ValueError("swap.size_mb must be at least twice l2_memory_mb: swap more than half full hides the race")
         return self

@@ -1,20 +1,35 @@
 #!/bin/sh
 # Start L2's QEMU under L1's KVM inside a memory-limited cgroup v2 leaf, detached; it ends when L2 powers off.
-#   L2_MEM_MB L2_CPUS MEMORY_MAX_MB BACKEND=anon|memfd|file L2_APPEND
-# L2's QEMU runs niced: on a 1-vCPU L1 it would otherwise starve the SSH control and trace streams.
-# Files: /run/l2-console.log (L2 serial), /run/l2.pid, /run/l2.rc (QEMU's exit code once it ends).
+#   L2_MEM_MB L2_CPUS MEMORY_MAX_MB BACKEND=anon|memfd|file L2_APPEND KERNEL_NODE_MB
+# KERNEL_NODE_MB > 0 splits L2's RAM in two.  Node 0 (L2's kernel and CPUs) is a tmpfs file that this shell
+# fills *before* QEMU starts, so its pages are charged to L1's root cgroup, outside memory.max (and shmem folios
+# come back dirty from swap anyway).  The rest is a cold-plugged DIMM on node 1 that L2 onlines as ZONE_MOVABLE
+# (L2 cmdline movable_node): no kernel data lands there (no page structs, no kswapd stack), only the ledger's
+# pages (it binds to node 1).  So reclaim and a broken L1 hit the ledger, and L2's kernel lives to report it.
 set -e
 cg=/sys/fs/cgroup/l2
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 mkdir -p $cg
 echo "${MEMORY_MAX_MB}M" > $cg/memory.max
+KERNEL_NODE_MB=${KERNEL_NODE_MB:-0}
+data_mb=$((L2_MEM_MB - KERNEL_NODE_MB))
 case "$BACKEND" in
-anon)  mem="-m ${L2_MEM_MB}" ;;
-memfd) mem="-m ${L2_MEM_MB} -object memory-backend-memfd,id=ram0,size=${L2_MEM_MB}M,share=on -machine memory-backend=ram0" ;;
-file)  mem="-m ${L2_MEM_MB} -object memory-backend-file,id=ram0,size=${L2_MEM_MB}M,mem-path=/dev/shm/l2-ram,share=on -machine memory-backend=ram0"
-       mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm 2>/dev/null || true ;;
+anon)  data="memory-backend-ram,id=ram0,size=${data_mb}M" ;;
+memfd) data="memory-backend-memfd,id=ram0,size=${data_mb}M,share=on" ;;
+file)  mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm 2>/dev/null || true
+       rm -f /dev/shm/l2-ram
+       data="memory-backend-file,id=ram0,size=${data_mb}M,mem-path=/dev/shm/l2-ram,share=on" ;;
 *) echo "start-l2: unknown BACKEND $BACKEND" >&2; exit 1 ;;
 esac
+if [ "$KERNEL_NODE_MB" -gt 0 ]; then
+    dd if=/dev/zero of=/run/l2-kernel-node.ram bs=1M count="$KERNEL_NODE_MB" 2>/dev/null
+    mem="-m ${KERNEL_NODE_MB}M,slots=1,maxmem=${L2_MEM_MB}M"
+    mem="$mem -object memory-backend-file,id=knode,size=${KERNEL_NODE_MB}M,mem-path=/run/l2-kernel-node.ram,share=on"
+    mem="$mem -numa node,nodeid=0,cpus=0-$((L2_CPUS - 1)),memdev=knode -numa node,nodeid=1"
+    mem="$mem -object $data -device pc-dimm,id=data,memdev=ram0,node=1"
+else
+    mem="-m ${L2_MEM_MB} -object $data -machine memory-backend=ram0"
+fi
 rm -f /run/l2.rc /run/l2-console.log
 : > /run/l2-console.log
 # The subshell joins the cgroup first, so QEMU and all its guest memory are charged there.

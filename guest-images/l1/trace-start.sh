@@ -2,7 +2,7 @@
 # Arm tracefs in L1 for the trace oracle (harness/oracles/trace.py).  Enables what exists of the events and
 # kprobes the oracle needs, with filters that keep the volume bounded, then turns tracing on.  L0 streams
 # trace_pipe over SSH (trace-pipe.sh) and calls trace-stop.sh at the end.
-#   GFN_LIMIT   hex: SPTE/fault events only for gfn < GFN_LIMIT (L2's RAM)
+#   GFN_MIN GFN_LIMIT  hex: SPTE/fault events only for GFN_MIN <= gfn < GFN_LIMIT (the ledger's RAM in L2)
 #   BUF_KB      ring buffer per CPU, KiB (the reader drains it continuously; keep it small: L1 is under pressure)
 #   RULESET     zap-time|create-time: which events the rules need
 #   PAGE_FREE   1: enable kmem:mm_page_free (order 0..3, not from the trace's own SSH path), needed by R3
@@ -33,13 +33,14 @@ ev() {  # ev SYS NAME [FILTER]
     fi
 }
 G=${GFN_LIMIT:-0x100000}
+GM=${GFN_MIN:-0}
 if [ "$RULESET" = zap-time ]; then
     # Zap-time rules (R1, R3) look only at changes of a present SPTE (bit 11, SPTE_MMU_PRESENT): installs
     # and fault requests are half the volume and every line costs L1 CPU that L2 then lacks.
-    ev kvmmmu kvm_tdp_mmu_spte_changed "gfn < $G && old_spte & 0x800"
+    ev kvmmmu kvm_tdp_mmu_spte_changed "gfn >= $GM && gfn < $G && old_spte & 0x800"
 else
-    ev kvmmmu kvm_tdp_mmu_spte_changed "gfn < $G"
-    ev kvmmmu kvm_mmu_spte_requested "gfn < $G"
+    ev kvmmmu kvm_tdp_mmu_spte_changed "gfn >= $GM && gfn < $G"
+    ev kvmmmu kvm_mmu_spte_requested "gfn >= $GM && gfn < $G"
 fi
 # kvmmmu:kvm_mmu_set_spte and fast_page_fault are not enabled: the TDP MMU's installs already show in
 # kvm_tdp_mmu_spte_changed, and every line costs L1 CPU (formatting, cat, dropbear) that L2 then lacks.

@@ -50,10 +50,18 @@ def l2_append(s: Scenario) -> str:
     lg = s.ledger
     ledger = (f"pages:{s.ledger_pages},rounds:{lg.rounds},seed:{s.seed},write-frac:{lg.write_fraction},"
               f"window:{lg.window_s},batch:{lg.batch_pages},selftest:{lg.selftest_pages},trail:{lg.trail_batches}")
+    if s.l2_kernel_node_mb:
+        ledger += ",node:1"
     # L2 dies loudly: an oops panics, a panic powers off (QEMU -no-reboot exits).
     # loglevel=5: warnings and worse reach the console (the oracle needs them) but the boot chatter does not;
     # every console byte is a nested exit, which costs seconds under TCG.
-    words = ["console=ttyS0", "loglevel=5", "oops=panic", "panic=-1", "softlockup_panic=1", f"harness.ledger={ledger}"]
+    # L2 is only the guest: no side-channel mitigations (each costs exits under nested TCG), no zeroing on
+    # allocation (the ledger writes every page itself), no 64 MiB bounce buffer (L2 has no DMA devices).
+    words = ["console=ttyS0", "loglevel=5", "oops=panic", "panic=-1", "softlockup_panic=1", "mitigations=off",
+             "init_on_alloc=0", "swiotlb=noforce", f"harness.ledger={ledger}"]
+    if s.l2_kernel_node_mb:
+        # the data DIMM comes up as ZONE_MOVABLE on node 1; NUMA balancing would only add hinting faults
+        words += ["movable_node", "memhp_default_state=online_movable", "numa_balancing=disable"]
     if s.l2_fault == "panic":
         words.append("harness.fault=panic:20")
     return " ".join(words)

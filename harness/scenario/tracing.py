@@ -67,13 +67,17 @@ class TraceCapture:
     # -- L1 side -----------------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.s
-        gfn_limit = (s.l2_memory_mb << 8) + 0x100  # L2's RAM (machine pc: all below 4 GiB) plus slack
+        if s.l2_kernel_node_mb:
+            # only the data DIMM (the ledger's pages), which QEMU's pc machine places at 4 GiB
+            gfn_min, gfn_limit = 0x100000, 0x100000 + ((s.l2_memory_mb - s.l2_kernel_node_mb) << 8)
+        else:
+            gfn_min, gfn_limit = 0, (s.l2_memory_mb << 8) + 0x100  # L2's RAM (all below 4 GiB) plus slack
         ncpus = max(1, s.l1.cpus)
         patches = self.run.get("kernel", {}).get("patches") or []
         series = any("series" in str(p.get("path", p.get("file", p.get("subject", "")))).lower() for p in patches)
         # Decided before arming so that the capture records only what the chosen rules need.
         pre_ruleset, _ = choose_ruleset(s.trace.rules, self.run.get("kernel", {}).get("release"), set(), series)
-        env = (f"GFN_LIMIT={gfn_limit:#x} BUF_KB={max(2048, 16384 // ncpus)} PAGE_FREE=1 "
+        env = (f"GFN_MIN={gfn_min:#x} GFN_LIMIT={gfn_limit:#x} BUF_KB={max(2048, 16384 // ncpus)} PAGE_FREE=1 "
                f"RULESET={pre_ruleset}")
         tr = self.run["trace"] = {"enabled": True, "ruleset": None, "events": 0, "lost_events": None, "rules": {}}
         try:

@@ -8,7 +8,7 @@ from tests.conftest import REPO
 def test_default_scenario_loads_with_the_measured_choices():
     s = load_scenario(REPO / "scenarios/default.yaml")
     assert s.swap.kind == "disk" and s.thp == "never" and s.memory_backend == "anon" and s.mglru
-    assert s.memory_max_mb < s.l2_memory_mb
+    assert s.memory_max_mb < s.ledger.size_mb <= s.l2_memory_mb - s.l2_kernel_node_mb - 8
     assert s.ledger_pages == s.ledger.size_mb * 256
 
 
@@ -19,7 +19,12 @@ def test_default_scenario_loads_with_the_measured_choices():
     ("ledger:\n  size_mb: lots\n", "x.yaml:2: key 'ledger.size_mb'"),
     ("swap: {kind: nfs}\n", "key 'swap.kind'"),
     ("thp: sometimes\n", "key 'thp'"),
-    ("memory_max_mb: 400\n", "memory_max_mb must be below l2_memory_mb"),
+    ("memory_max_mb: 400\n", "memory_max_mb must be below ledger.size_mb"),
+    ("l2_memory_mb: 320\n", "must be a positive multiple of 128 MiB"),
+    ("ledger: {size_mb: 124}\n", "must leave 8 MiB of the data DIMM"),
+    ("l2_kernel_node_mb: 64\n", "at least 96"),
+    ("l2_kernel_node_mb: 0\nmemory_max_mb: 300\n", "memory_max_mb must be below l2_memory_mb"),
+    ("l2_kernel_node_mb: 0\nledger: {size_mb: 200}\n", "must leave ~96 MiB"),
     ("swap: {size_mb: 256}\n", "at least twice l2_memory_mb"),
     ("- a\n- b\n", "must be a YAML mapping"),
 ])

@@ -44,9 +44,14 @@ def test_vmstat_delta_and_cmdline():
     b = parse_vmstat("pswpout 110\npswpin 4\n")
     d = vmstat_delta(a, b)
     assert d["pswpout"] == 100 and d["pswpin"] == 1 and "nr_free_pages" not in d
-    s = parse_scenario("ledger: {size_mb: 8, rounds: 3}\nl2_fault: panic\ntdp_mmu: false\n", "x.yaml")
+    s = parse_scenario("ledger: {size_mb: 48, rounds: 3}\nl2_fault: panic\ntdp_mmu: false\n", "x.yaml")
     app = l2_append(s)
-    assert "harness.ledger=pages:2048,rounds:3" in app and "oops=panic" in app and "harness.fault=panic" in app
+    assert "harness.ledger=pages:12288,rounds:3" in app and "oops=panic" in app and "harness.fault=panic" in app
+    # the ledger binds to the data DIMM, which L2 onlines as ZONE_MOVABLE on node 1
+    assert ",node:1" in app and "movable_node" in app and "memhp_default_state=online_movable" in app
+    flat = l2_append(parse_scenario("l2_kernel_node_mb: 0\nl2_memory_mb: 320\nmemory_max_mb: 128\n"
+                                    "ledger: {size_mb: 192}\n", "x.yaml"))
+    assert "node:" not in flat and "movable_node" not in flat
     assert setup_env(s)["TDP_MMU"] == "N" and setup_env(s)["SWAP_KIND"] == "disk"
     json.dumps(setup_env(s))
 
