@@ -38,6 +38,9 @@ class Group(BaseModel):
     variants: list[dict] = [{}]
     expect: Expect
     why: str = ""
+    # one cell per seed (instead of seeds as repeats of one cell): a time-to-catch distribution per mutant
+    cell_per_seed: bool = False
+    budget_runs: int | None = Field(None, ge=1)  # overrides the matrix's budget for this group's cells
 
 
 class Matrix(BaseModel):
@@ -57,11 +60,13 @@ class Cell:
     expect: str
     why: str = ""
     runs: list[dict] = field(default_factory=list)
+    seed: int | None = None  # set: this cell runs only this seed
+    budget: int | None = None
 
     @property
     def name(self) -> str:
         knobs = ",".join(f"{k}={v}" for k, v in self.variant.items()) or "default"
-        return f"{self.kernel}[{knobs}]"
+        return f"{self.kernel}[{knobs}]" + (f"@seed{self.seed}" if self.seed is not None else "")
 
     @property
     def outcome(self) -> str:
@@ -98,11 +103,33 @@ def load_matrix(path: Path) -> Matrix:
 
 
 def expand(m: Matrix) -> list[Cell]:
-    return [Cell(k, v, g.expect, g.why) for g in m.groups for k in g.kernels for v in g.variants]
+    return [Cell(k, v, g.expect, g.why, seed=sd, budget=g.budget_runs) for g in m.groups for k in g.kernels
+            for v in g.variants for sd in (m.seeds if g.cell_per_seed else [None])]
 
 
 def overrides_of(variant: dict) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in variant.items()]
+
+
+def evidence(findings: list[dict]) -> list[str]:
+    """The lines that convict a kernel: the first lost page (gfn), the trace's view of it (L1 pfn, rules), the
+    trace rules violated, any L2 crash, and the patch.  Empty for a clean run."""
+    out = []
+    real = [f for f in findings if f.get("oracle") != "infra"]
+    for f in real:
+        if f["oracle"] == "ledger":
+            p = (f.get("pages") or [{}])[0]
+            out.append(f"ledger: {f['title']}; first gfn {p.get('gfn', 0):#x} (index {p.get('index')}, "
+                       f"gen {p.get('found')} instead of {p.get('expected')})")
+            break
+    tl = next((f for f in real if f.get("kind") == "ledger-timeline" and f.get("pfn") is not None), None)
+    if tl:
+        out.append(f"trace: {tl['title']}")
+    out += [f"trace: {f['title']}" for f in real if f["oracle"] == "trace" and f.get("kind", "").endswith("violation")]
+    out += [f"console: {f['layer']} {f['kind']}: {f['title']}" for f in real if f["oracle"] == "console"][:2]
+    if real:
+        out.append(f"patch: {real[0].get('patch')}")
+    return out
 
 
 def resolve(ref: KernelRef, base: Path) -> dict:
@@ -139,6 +166,12 @@ def summary(m: Matrix, cells: list[Cell], sc: dict) -> str:
         ff = [r.get("first_finding_s") for r in c.runs if r.get("first_finding_s") is not None]
         L.append(f"{c.name:58} {c.expect:14} {c.outcome:9} {len(c.runs):4}  "
                  f"{(str(ff[0]) + ' s') if ff else '-':>8} {'' if c.ok else '  <-- MISMATCH'}")
+    L += ["", "evidence (first catching run of each cell):"]
+    for c in cells:
+        r = next((r for r in c.runs if r.get("evidence")), None)
+        if r:
+            L.append(f"  {c.name} (seed {r['seed']}, {r['run_dir']})")
+            L += [f"    {e}" for e in r["evidence"]]
     L += ["", "time to catch (from run start):"]
     for k, t in sc["time_to_catch"].items():
         L.append(f"  {k:20} median {t['median_s']} s, min {t['min_s']} s over {t['runs_caught']} catching runs")
@@ -205,7 +238,8 @@ def cli_matrix(args) -> int:
     for c in cells:  # every variant must be a valid scenario: fail now, not an hour in
         load_scenario(mpath.parent / m.scenario, overrides_of(c.variant))
     root = Path(args.results) if args.results else results_root()
-    mdir = root / f"matrix-{time.strftime('%Y%m%d-%H%M%S')}-{m.name}"
+    final = root / f"matrix-{time.strftime('%Y%m%d-%H%M%S')}-{m.name}"
+    mdir = final.with_name(final.name + ".incomplete")  # renamed when every cell has run
     (mdir / "runs").mkdir(parents=True)
     kernels: dict[str, dict] = {}
     for c in cells:
@@ -213,8 +247,8 @@ def cli_matrix(args) -> int:
             continue
         if c.kernel not in kernels:
             kernels[c.kernel] = resolve(m.kernels[c.kernel], mpath.parent)
-        budget = m.budget_runs
-        for seed in (m.seeds * budget)[:budget]:
+        budget = 1 if c.seed is not None else (c.budget or m.budget_runs)
+        for seed in ([c.seed] if c.seed is not None else (m.seeds * budget)[:budget]):
             ov = overrides_of(c.variant) + [f"seed={seed}"]
             if c.expect == "finding":
                 ov.append("stop_on_first_finding=true")
@@ -222,10 +256,12 @@ def cli_matrix(args) -> int:
             s = s.model_copy(update={"name": f"{c.kernel}"})
             run = execute(s, kernels[c.kernel], mdir / "runs", (mpath.parent / m.scenario).read_text(), [], ov,
                           case="default")
-            c.runs.append({"run_dir": run["path"], "verdict": run["verdict"], "seed": seed,
+            c.runs.append({"run_dir": str(final / Path(run["path"]).relative_to(mdir)), "verdict": run["verdict"],
+                           "seed": seed,
                            "first_finding_s": run["timings"].get("first_finding_s"),
                            "total_s": run["timings"].get("total_s", 0),
-                           "titles": [f["title"] for f in run["findings"]][:5]})
+                           "titles": [f["title"] for f in run["findings"]][:5],
+                           "evidence": evidence(run["findings"])})
             if c.expect == "finding" and run["verdict"] == "finding":
                 break
         save(mdir, m, cells)  # after every cell: a killed nightly still leaves what it measured
@@ -233,6 +269,7 @@ def cli_matrix(args) -> int:
     atomic_write(mdir / "summary.txt", summary(m, cells, sc))
     atomic_write(mdir / "junit.xml", junit(m, cells))
     heatmap(cells, mdir / "heatmap.png")
+    mdir.rename(final)
     print(summary(m, cells, sc))
-    print(f"matrix results: {mdir}")
+    print(f"matrix results: {final}")
     return EXIT_PASS if all(c.ok for c in cells) else EXIT_FINDING

@@ -538,9 +538,13 @@ def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list
     return out
 
 
-def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", limit: int = 40) -> dict[int, list[str]]:
-    """For each gfn: its trace history (fault, SPTE changes, notifier, dirty marks, writeback, free of its pfns)."""
+def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", limit: int = 40,
+              fates: dict[int, dict] | None = None) -> dict[int, list[str]]:
+    """For each gfn: its trace history (fault, SPTE changes, notifier, dirty marks, writeback, free of its pfns).
+    With `fates`, also fills fates[gfn] with what happened after the gfn's last leaf-SPTE zap: the L1 pfn, whether
+    the SPTE was writable+dirty, and whether a dirty mark, a writeback and a free of that pfn followed."""
     want = {g: deque(maxlen=limit) for g in gfns}
+    fates = {} if fates is None else fates
     pfn_gfn: dict[int, int] = {}
     last_unmap: dict[bytes, bytes] = {}
     for ln0 in lines:
@@ -565,6 +569,9 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
                         want[g].append(f"{t} notifier {last_unmap[pid]}")
                     what = "zap" if o.present and not nw.present else "map" if nw.present and not o.present else "change"
                     want[g].append(f"{t} pid {_s(pid)} spte {what} L{lvl}: {o.short()} -> {nw.short()}")
+                    if what == "zap" and o.leaf:
+                        fates[g] = {"pfn": o.pfn, "t": t, "dirty_spte": o.writable and o.dirty,
+                                    "dirty_mark": False, "writeback": False, "freed": False}
                     for s_ in (o, nw):
                         if s_.present and s_.leaf:
                             pfn_gfn[s_.pfn] = g
@@ -579,13 +586,16 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
                 pfn = dirty_pfn(name, body)
                 if pfn in pfn_gfn:
                     want[pfn_gfn[pfn]].append(f"{t} pid {_s(pid)} dirty mark pfn {pfn:#x} ({_s(name)})")
+                    _fate(fates, pfn_gfn[pfn], pfn, "dirty_mark")
             elif name == WRITE_FOLIO:
                 pfn = _field(body, b"pfn=")
                 if pfn in pfn_gfn:
                     want[pfn_gfn[pfn]].append(f"{t} writeback pfn {pfn:#x}")
+                    _fate(fates, pfn_gfn[pfn], pfn, "writeback")
             elif name == PAGE_FREE:
                 pfn = _field(body, b"pfn=")
                 if pfn in pfn_gfn:
+                    _fate(fates, pfn_gfn[pfn], pfn, "freed")
                     want[pfn_gfn.pop(pfn)].append(f"{t} free pfn {pfn:#x}")
             elif name == UNMAP:
                 last_unmap[pid] = body.split(b": ", 1)[-1].replace(b" ", b"")
@@ -596,16 +606,34 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
     return {g: list(d) for g, d in want.items()}
 
 
+def _fate(fates: dict[int, dict], g: int, pfn: int, what: str) -> None:
+    f = fates.get(g)
+    if f and f["pfn"] == pfn:
+        f[what] = True
+
+
+def fate_text(f: dict) -> str:
+    """One line: what L1 did with the page after the gfn's last zap (the shape of a lost write, or not)."""
+    return (f"L1 pfn {f['pfn']:#x}: {'writable dirty ' if f['dirty_spte'] else ''}SPTE zapped at {f['t']} s, then "
+            + ", ".join(("a dirty mark" if f["dirty_mark"] else "no dirty mark",
+                         "writeback" if f["writeback"] else "no writeback",
+                         "freed" if f["freed"] else "not freed")))
+
+
 def timeline_findings(tl: dict[int, list[str]], res: Result, incomplete: list[str] | None = None,
-                      limit: int = 20) -> list[dict]:
+                      limit: int = 20, fates: dict[int, dict] | None = None) -> list[dict]:
+    """One finding per ledger-bad gfn: gfn (L2), pfn (L1), the trace rules that flagged it, and its history."""
     out = []
-    viol = {e.get("gfn") for st in res.rules.values() for e in st.examples}
+    fates = fates or {}
     for g, lines in list(tl.items())[:limit]:
+        rules = sorted(r for r, st in res.rules.items() if any(e.get("gfn") == g for e in st.examples))
+        fate = fates.get(g)
         f = {"oracle": "trace", "layer": "L1", "kind": "ledger-timeline",
-             "title": f"trace timeline of ledger-bad gfn {g:#x}"
-                      + (" (a trace rule flagged it)" if g in viol else "")
-                      + ("" if lines else ": no trace event for this gfn"),
-             "gfn": g, "timeline": lines}
+             "title": f"ledger-bad gfn {g:#x}: "
+                      + (fate_text(fate) if fate else "no zap of this gfn in the trace" if lines
+                         else "no trace event for this gfn")
+                      + (f" (rules {', '.join(rules)})" if rules else ""),
+             "gfn": g, "pfn": fate["pfn"] if fate else None, "rules": rules, "timeline": lines}
         if incomplete:
             f["note"] = "trace incomplete (" + ", ".join(incomplete) + "): a missing event proves nothing"
         out.append(f)

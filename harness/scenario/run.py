@@ -112,6 +112,12 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     timings["total_s"] = round(time.monotonic() - t0, 2)
     run["verdict"] = verdict_of(findings)
     run["interrupted"] = interrupted
+    # every real finding names the change it convicts (the top patch of the series, or none)
+    patches = run["kernel"].get("patches") or []
+    top = patches[-1].get("subject") if patches else "none (unpatched kernel)"
+    for f in findings:
+        if f.get("oracle") != "infra":
+            f.setdefault("patch", top)
     write_json(cdir / "findings.json", findings)
     atomic_write(rd.path / "reproduce.sh", reproduce_sh((kernel_argv or []), run))
     os.chmod(rd.path / "reproduce.sh", 0o755)

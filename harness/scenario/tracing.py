@@ -217,8 +217,9 @@ class TraceCapture:
         bad_gfns = oracle.ledger_gfns(ledger)
         findings = oracle.findings(res, incomplete=incomplete, ledger_gfns=bad_gfns)
         if bad_gfns:
-            tl = oracle.timelines(oracle.open_lines(self.path), bad_gfns, vendor=chk.vendor)
-            findings += oracle.timeline_findings(tl, res, incomplete)
+            fates: dict[int, dict] = {}
+            tl = oracle.timelines(oracle.open_lines(self.path), bad_gfns, vendor=chk.vendor, fates=fates)
+            findings += oracle.timeline_findings(tl, res, incomplete, fates=fates)
         tr.update(events=res.events, lines=self.lines, bytes=self.bytes,
                   file_bytes=self.path.stat().st_size if self.path.exists() else 0,
                   lost_events=lost, lost_markers=res.lost_events, cut_events=res.cut_events, ring=self.stop_stats,

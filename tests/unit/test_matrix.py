@@ -48,3 +48,26 @@ def test_score_counts_caught_mutants_and_false_positives(tmp_path):
 def test_overrides_serialise_nested_values():
     assert overrides_of({"swap": {"kind": "zram", "size_mb": 2048}}) == ['swap={"kind": "zram", "size_mb": 2048}']
     assert Cell("k", {"thp": "always"}, "clean").name == "k[thp=always]"
+
+
+def test_cell_per_seed_gives_one_cell_per_seed(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("name: x\nseeds: [1, 2, 3]\nkernels: {m1: {prebuilt: true, mutant: true}}\n"
+                 "groups: [{kernels: [m1], expect: finding, cell_per_seed: true}]\n")
+    cells = expand(load_matrix(p))
+    assert [c.seed for c in cells] == [1, 2, 3] and cells[1].name == "m1[default]@seed2"
+
+
+def test_evidence_names_gfn_pfn_rule_and_patch():
+    from harness.matrix import evidence
+    fs = [{"oracle": "ledger", "kind": "stale", "title": "43 lost write: stale page", "patch": "MUTANT: x",
+           "pages": [{"index": 212, "gfn": 0x1000d4, "expected": 2, "found": 1}]},
+          {"oracle": "trace", "kind": "R1-violation", "title": "trace rule R1: 9 x dirty SPTE zapped", "patch": "MUTANT: x"},
+          {"oracle": "trace", "kind": "ledger-timeline", "pfn": 0x10fed4, "patch": "MUTANT: x",
+           "title": "ledger-bad gfn 0x1000d4: L1 pfn 0x10fed4: writable dirty SPTE zapped at 1.0 s, then no dirty "
+                    "mark, no writeback, freed (rules R1, R3)"},
+          {"oracle": "infra", "kind": "oom", "title": "ignored"}]
+    ev = "\n".join(evidence(fs))
+    assert "first gfn 0x1000d4" in ev and "pfn 0x10fed4" in ev and "rules R1, R3" in ev and "rule R1" in ev
+    assert ev.endswith("patch: MUTANT: x") and "ignored" not in ev
+    assert evidence([{"oracle": "infra", "kind": "oom", "title": "x"}]) == []

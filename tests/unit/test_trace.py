@@ -201,12 +201,22 @@ def test_timeline_for_a_ledger_gfn():
     ls = lines()
     i, pfn = first_zap_with_mark(ls)
     gfn = int(T.split_line(ls[i])[4].split()[4], 16)
-    tl = T.timelines(ls, [gfn])[gfn]
+    fates: dict = {}
+    tl = T.timelines(ls, [gfn], fates=fates)[gfn]
     text = "\n".join(tl)
     assert "spte zap" in text and f"dirty mark pfn {pfn:#x}" in text and f"free pfn {pfn:#x}" in text
+    assert fates[gfn]["pfn"] == pfn and fates[gfn]["dirty_mark"] and fates[gfn]["freed"]
     res = run(ls)
-    f = T.timeline_findings({gfn: tl}, res, ["3 events lost"])
+    f = T.timeline_findings({gfn: tl}, res, ["3 events lost"], fates=fates)
     assert f[0]["timeline"] == tl and f[0]["gfn"] == gfn and "proves nothing" in f[0]["note"]
+    assert f[0]["pfn"] == pfn and f"L1 pfn {pfn:#x}" in f[0]["title"] and "a dirty mark" in f[0]["title"]
+
+
+def test_fate_of_a_lost_write_reads_as_one_line():
+    f = {"pfn": 0x10ffd9, "t": "51.004510", "dirty_spte": True, "dirty_mark": False, "writeback": False,
+         "freed": True}
+    assert T.fate_text(f) == ("L1 pfn 0x10ffd9: writable dirty SPTE zapped at 51.004510 s, then no dirty mark, "
+                              "no writeback, freed")
 
 
 def test_ledger_gfns():
