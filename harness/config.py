@@ -159,18 +159,21 @@ def parse_scenario(text: str, source: str = "<scenario>", overrides: list[str] |
     if not isinstance(data, dict):
         raise InputError(f"{source}: a scenario must be a YAML mapping")
     lines = _line_index(node) if node is not None else {}
+    set_by: dict[tuple, str] = {}  # key path → the --set that gave it its value (errors blame the --set)
     for ov in overrides or []:
         if "=" not in ov:
             raise InputError(f"--set {ov}: expected KEY=VALUE")
         k, v = ov.split("=", 1)
         _set_path(data, k, yaml.safe_load(v))
+        set_by[tuple(k.split("."))] = ov
     try:
         return Scenario.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(str(x) for x in err["loc"])
+        ov = next((set_by[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in set_by), None)
         line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
-        where = f"{source}:{line}" if line else source
+        where = f"--set {ov}" if ov else f"{source}:{line}" if line else source
         key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             raise InputError(f"{where}: unknown key '{key}'") from None

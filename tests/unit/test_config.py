@@ -47,3 +47,8 @@ def test_overrides_apply_and_are_validated():
 def test_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot read scenario"):
         load_scenario(tmp_path / "absent.yaml")
+
+
+def test_a_bad_override_blames_the_set_not_the_file():
+    with pytest.raises(InputError, match=r"^--set memory_max_mb=8: key 'memory_max_mb'"):
+        parse_scenario("memory_max_mb: 32\n", "x.yaml", ["memory_max_mb=8"])
