@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.config import load_scenario
-from harness.errors import EXIT_FINDING, EXIT_PASS, InputError
+from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_PASS, InputError
 from harness.paths import results_root
 from harness.report.results import atomic_write, write_json
 
@@ -262,6 +262,11 @@ def cli_matrix(args) -> int:
                            "total_s": run["timings"].get("total_s", 0),
                            "titles": [f["title"] for f in run["findings"]][:5],
                            "evidence": evidence(run["findings"])})
+            if run.get("interrupted"):
+                # Ctrl-C / SIGTERM stops the whole matrix; the folder stays .incomplete with what it measured
+                save(mdir, m, cells)
+                print(f"matrix interrupted; partial results: {mdir}")
+                return EXIT_INFRA
             if c.expect == "finding" and run["verdict"] == "finding":
                 break
         save(mdir, m, cells)  # after every cell: a killed nightly still leaves what it measured
