@@ -41,14 +41,14 @@ class ReclaimKnobs(Strict):
 
 
 class LedgerKnobs(Strict):
-    size_mb: int = Field(64, ge=1)
-    rounds: int = Field(6, ge=1, le=1000)
+    size_mb: int = Field(32, ge=1)
+    rounds: int = Field(12, ge=1, le=1000)
     write_fraction: float = Field(0.5, gt=0, le=1)
     window_s: float = Field(2.0, ge=0)
     batch_pages: int = Field(256, ge=1)
     selftest_pages: int = Field(0, ge=0)  # >0: simulate lost writes in L2 (proves the verifier)
     # >0: also re-verify the batch rewritten this many batches ago, so a loss shows within the round
-    trail_batches: int = Field(48, ge=0)
+    trail_batches: int = Field(24, ge=0)
 
 
 class TraceKnobs(Strict):
@@ -77,7 +77,7 @@ class Scenario(Strict):
     l1: L1Knobs = L1Knobs()
     l2_memory_mb: int = Field(256, ge=64)
     l2_cpus: int = Field(1, ge=1, le=8)
-    memory_max_mb: int = Field(32, ge=16)
+    memory_max_mb: int = Field(16, ge=8)
     memory_backend: Literal["anon", "memfd", "file"] = "anon"
     # L2's kernel gets its own NUMA node of this size, outside memory.max (see guest-images/l1/start-l2.sh);
     # the ledger binds to the other node.  0: one node, L2's kernel shares the pressure (and a broken L1's

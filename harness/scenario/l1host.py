@@ -84,6 +84,7 @@ class Monitor:
     vmstat_path: Path
     timeout_scale: float
     on_event: Callable[[dict], None] = lambda ev: None
+    on_l2_up: Callable[[], None] | None = None  # called once, when L2's init announces itself
     ledger: ledger_oracle.LedgerResult = field(default_factory=ledger_oracle.LedgerResult)
     infra: list[dict] = field(default_factory=list)
     l2_findings: list[dict] = field(default_factory=list)
@@ -126,7 +127,9 @@ class Monitor:
                     for raw in lines:
                         if self.l2_boot_s is None and b"HARNESS-L2: init" in raw:
                             self.l2_boot_s = now - t_start_l2  # L2's kernel is up and runs our init
-                            last_line_t = now
+                            if self.on_l2_up:
+                                self.on_l2_up()
+                            last_line_t = time.monotonic()
                         ev = ledger_oracle.parse_line(raw.decode(errors="replace"))
                         if not ev:
                             continue

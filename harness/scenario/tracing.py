@@ -79,7 +79,8 @@ class TraceCapture:
         pre_ruleset, _ = choose_ruleset(s.trace.rules, self.run.get("kernel", {}).get("release"), set(), series)
         env = (f"GFN_MIN={gfn_min:#x} GFN_LIMIT={gfn_limit:#x} BUF_KB={max(2048, 16384 // ncpus)} PAGE_FREE=1 "
                f"RULESET={pre_ruleset}")
-        tr = self.run["trace"] = {"enabled": True, "ruleset": None, "events": 0, "lost_events": None, "rules": {}}
+        tr = self.run["trace"] = {"enabled": True, "armed_at": "l2-init", "ruleset": None, "events": 0,
+                                  "lost_events": None, "rules": {}}
         try:
             out = self.sh.run(f"{env} /harness/trace-start.sh", timeout=120)
         except Exception as e:  # tracing must never take the run down: say so and let the rules report not-run

@@ -50,5 +50,5 @@ def test_missing_file_is_an_input_error(tmp_path):
 
 
 def test_a_bad_override_blames_the_set_not_the_file():
-    with pytest.raises(InputError, match=r"^--set memory_max_mb=8: key 'memory_max_mb'"):
-        parse_scenario("memory_max_mb: 32\n", "x.yaml", ["memory_max_mb=8"])
+    with pytest.raises(InputError, match=r"^--set memory_max_mb=4: key 'memory_max_mb'"):
+        parse_scenario("memory_max_mb: 16\n", "x.yaml", ["memory_max_mb=4"])
