@@ -38,9 +38,11 @@ test-on-hardware: setup-build
 	$(HARNESS) doctor --require-kvm
 	$(HARNESS) matrix scenarios/hardware.yaml
 
-## The mutant matrix (kernels x knobs x seeds); JUnit, heat map and mutation score in results/.
+## The mutant matrix (kernels x knobs x seeds; JUnit, heat map, mutation score in results/), then the
+## ledger-alone time to catch per mutant and seed.
 nightly: setup-build
-	$(HARNESS) matrix scenarios/nightly.yaml
+	$(HARNESS) matrix scenarios/nightly.yaml; rc=$$?; \
+	$(HARNESS) matrix scenarios/catch-time.yaml || rc=$$((rc ? rc : $$?)); exit $$rc
 
 ## Performance figures → results/bench-*.json
 bench: setup-build
