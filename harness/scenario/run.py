@@ -275,10 +275,12 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
                          "title": f"L2's QEMU ended (exit {mon.l2_rc}) before L2 booted: "
                                   + (cdir / "l2-qemu.log").read_text(errors="replace").strip()[-200:]
                                   if (cdir / "l2-qemu.log").exists() else f"L2's QEMU ended (exit {mon.l2_rc})"})
-    elif "Out of memory: Killed process" in text and not res.done:
-        # L2's own OOM killer took the ledger: the scenario does not fit L2's RAM (a setup error, not evidence)
-        findings.append({"oracle": "infra", "layer": "L2", "kind": "oom",
-                         "title": "L2's OOM killer ended the ledger: ledger.size_mb does not fit L2's RAM"})
+    elif not res.done and l2_ended_by_oom(text, l1.get("memory_events") or {}):
+        # An OOM kill ended L2 early: in L2 (the ledger does not fit its RAM) or in L1 (the cgroup killed L2's
+        # QEMU: memory.max too tight for this backend).  A setup failure, not evidence against the kernel.
+        findings.append({"oracle": "infra", "layer": "L2", "kind": "oom-ended-run",
+                         "title": f"an OOM kill ended L2 before the ledger finished ({res.rounds_done}/{res.rounds} "
+                                  "rounds): the scenario's memory sizes do not fit"})
     elif not res.done and not mon.l2_findings and not mon.infra and not mon.stopped_early:
         # After L2 booted, dying early is evidence: under a broken L1, L2's own memory loses writes too.
         findings.append({"oracle": "console", "layer": "L2", "kind": "died",
@@ -303,6 +305,16 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
             findings.append({"oracle": "infra", "layer": "L1", "kind": "insufficient-pressure",
                              "title": "the pressure failed, so this run could not have caught a lost write: "
                                       + ", ".join(weak)})
+
+
+def l2_ended_by_oom(l2_console: str, memory_events: dict) -> bool:
+    """Did an OOM kill end L2: L2's own OOM killer (its console), or L1's cgroup killing L2's QEMU
+    (memory.events oom_kill of the l2 cgroup)?"""
+    try:
+        cgroup_kills = int(memory_events.get("oom_kill", 0) or 0)
+    except ValueError:
+        cgroup_kills = 0
+    return cgroup_kills > 0 or "Out of memory: Killed process" in l2_console
 
 
 def _console_findings(cdir: Path) -> list[dict]:

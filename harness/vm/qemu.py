@@ -168,3 +168,6 @@ def install_signal_handlers() -> None:
         raise KeyboardInterrupt
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, handler)
+    # A job started in the background by a non-interactive shell (nohup, CI wrappers) inherits SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt: an explicit `kill -INT` must still stop the run cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -87,3 +87,11 @@ def test_reproduce_script_carries_seed_overrides_and_kernel():
     sh = reproduce_sh(["--kernel", "/k"], run)
     assert "--seed 3" in sh and "--set ledger.rounds=2" in sh and "--kernel /k" in sh and "seed: 1" in sh
     assert "--set seed=3" not in sh
+
+
+def test_an_oom_kill_ending_l2_is_recognised():
+    from harness.scenario.run import l2_ended_by_oom
+    assert l2_ended_by_oom("", {"max": "11030", "oom": "3", "oom_kill": "1"})
+    assert l2_ended_by_oom("[ 43.2] Out of memory: Killed process 60 (ledger) total-vm:197656kB", {})
+    assert not l2_ended_by_oom("[ 81.7] BUG: kernel NULL pointer dereference", {"oom_kill": "0"})
+    assert not l2_ended_by_oom("", {"oom_kill": "x"})
