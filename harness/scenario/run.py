@@ -291,7 +291,8 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
                          "title": f"L1 kernel taint changed {l1['taint_before']} -> {l1['taint_after']} during the run"})
     if tracer:
         findings.extend(tracer.judge(res))
-    if "first_finding_s" not in timings and mon.l2_end_wall is not None and not res.done:
+    if ("first_finding_s" not in timings and mon.l2_end_wall is not None and not res.done
+            and not l2_ended_by_oom(text, l1.get("memory_events") or {})):
         timings["first_finding_s"] = round(mon.l2_end_wall - t0, 2)  # L2 died: the death is the first finding
     # Sensitivity: a pass counts only if L2's memory really went through swap and the exposed path ran.
     vd = l1["vmstat_delta"]
