@@ -27,6 +27,16 @@ def kernel_version(release: str | None) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+# The port's patch that removes the zap-time marks: a kernel carrying it marks folios dirty at SPTE creation.
+CREATE_TIME_SUBJECTS = ("KVM: x86/mmu: Stop marking folios dirty when zapping or modifying SPTEs",
+                        "KVM: x86/mmu: Mark folio dirty when creating a writable SPTE")
+
+
+def carries_create_time_series(patches: list[dict]) -> bool:
+    """Does the kernel's patch stack contain the project's create-time port (by subject, wherever the files are)?"""
+    return any(p.get("subject") in CREATE_TIME_SUBJECTS for p in patches)
+
+
 def choose_ruleset(requested: str, release: str | None, symbols: set[str], patched_series: bool) -> tuple[str, str]:
     """zap-time (<= 6.12: dirty marked when a dirty SPTE is zapped) or create-time (>= 6.13 / RFC-style port)."""
     if requested != "auto":
@@ -74,7 +84,7 @@ class TraceCapture:
             gfn_min, gfn_limit = 0, (s.l2_memory_mb << 8) + 0x100  # L2's RAM (all below 4 GiB) plus slack
         ncpus = max(1, s.l1.cpus)
         patches = self.run.get("kernel", {}).get("patches") or []
-        series = any("series" in str(p.get("path", p.get("file", p.get("subject", "")))).lower() for p in patches)
+        series = carries_create_time_series(patches)
         # Decided before arming so that the capture records only what the chosen rules need.
         pre_ruleset, _ = choose_ruleset(s.trace.rules, self.run.get("kernel", {}).get("release"), set(), series)
         env = (f"GFN_MIN={gfn_min:#x} GFN_LIMIT={gfn_limit:#x} BUF_KB={max(2048, 16384 // ncpus)} PAGE_FREE=1 "

@@ -248,3 +248,13 @@ def test_open_lines_gzip(tmp_path):
 def test_bench_small():
     b = T.bench_trace(2)
     assert b["size_mb"] >= 1.5 and b["lines"] > 10000 and b["rules"]["R1"]["violations"] == 0
+
+
+def test_the_port_is_recognised_by_its_subjects_wherever_its_files_live():
+    from harness.scenario.tracing import carries_create_time_series, choose_ruleset
+    port = [{"file": "0001-KVM-x86-mmu-Funnel.patch", "subject": "KVM: x86/mmu: Funnel fault-path pfn release"},
+            {"file": "0003-x.patch", "subject": "KVM: x86/mmu: Stop marking folios dirty when zapping or modifying SPTEs"}]
+    assert carries_create_time_series(port)
+    assert not carries_create_time_series([{"file": "series/0001-MUTANT.patch", "subject": "MUTANT: KVM: x"}])
+    assert choose_ruleset("auto", "6.12.117", {"kvm_set_pfn_dirty"}, True)[0] == "create-time"
+    assert choose_ruleset("auto", "6.12.117", {"kvm_set_pfn_dirty"}, False)[0] == "zap-time"
