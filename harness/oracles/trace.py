@@ -9,6 +9,7 @@ Input is `trace_pipe` text from L1 (irq-info off or on), fed line by line: nothi
      hit the dirty release for its pfn in the same task before that task's next fault (kvm_mmu_spte_requested).
   R3 (either): a dirty leaf SPTE zapped under the MMU notifier (kvm_unmap_hva_range), whose pfn is then freed
      (mm_page_free) with neither a writeback (mm_vmscan_write_folio) nor a dirty mark in between: a lost write.
+     On create-time kernels the dirty release after the pfn's last install counts as its mark.
 
 SPTE bits (v6.12 arch/x86/kvm/mmu/spte.h): present = bit 11 (SPTE_MMU_PRESENT_MASK); pfn = bits 51:12;
 writable = bit 1 (both vendors); large = bit 7.  AMD NPT: accessed 5, dirty 6, host-writable 9, MMU-writable 10.
@@ -197,6 +198,7 @@ class RuleState:
     dropped_by_loss: int = 0
     dropped_by_cut: int = 0
     dropped_by_gap: int = 0
+    dropped_install_untraced: int = 0  # create-time R3: the pfn was mapped before tracing began
 
     def violate(self, ex: dict) -> None:
         self.violations += 1
@@ -240,6 +242,10 @@ class Checker:
         self.notifier: dict[bytes, int] = {}  # pid -> line of its last kvm_unmap_hva_range
         self.zapped: dict[int, list] = {}  # pfn -> [gfn, line, ts, marked, written]
         self.unmarked: set[int] = set()  # zapped pfns whose dirty mark has not been seen yet
+        # create-time kernels mark at install: pfns whose dirty release came after their last install (R3 counts
+        # that as the mark; otherwise every migration or teardown free of a mapped page would look like a loss)
+        self.released: set[int] = set()
+        self.installed: set[int] = set()  # pfns whose install the trace saw
         self.n = 0
         self.next_sweep = window
         self.done = False
@@ -378,11 +384,21 @@ class Checker:
             if self.r3 and (not new_present or opfn != npfn):
                 nl = self.notifier.get(pid)
                 if nl is not None and n - nl < self.window:
-                    self.zapped[opfn] = [gfn, n, ts, False, False]
-                    self.unmarked.add(opfn)
+                    create = self.ruleset == "create-time"
+                    if create and opfn not in self.installed:
+                        # mapped before tracing began: whether its release came is unknowable
+                        self.rules["R3"].dropped_install_untraced += 1
+                    else:
+                        marked = create and opfn in self.released
+                        self.zapped[opfn] = [gfn, n, ts, marked, False]
+                        if not marked:
+                            self.unmarked.add(opfn)
         if new_present and (level == 1 or new & LARGE):
             if self.zapped.pop(npfn, None) is not None:  # mapped again: no longer a candidate for a silent free
                 self.unmarked.discard(npfn)
+            if not (old_leaf and opfn == npfn):
+                self.released.discard(npfn)  # a new mapping of this pfn: its release is still to come
+                self.installed.add(npfn)
             if self.r2 and new & self.hwmask and not (old_leaf and old & self.hwmask and opfn == npfn):
                 self.rules["R2"].checked += 1
                 self.r2_pend.setdefault(pid, []).append([npfn, 1 << (9 * (level - 1)), gfn, n, ts])
@@ -404,6 +420,8 @@ class Checker:
                     break
             if not pend:
                 del self.r2_pend[pid]
+        if self.ruleset == "create-time":
+            self.released.add(pfn)
         ent = self.zapped.get(pfn)
         if ent:
             ent[3] = True
@@ -501,7 +519,8 @@ def rules_json(res: Result, incomplete: list[str] | None = None) -> dict:
         out[r] = {"ran": st.ran, "events_checked": st.checked, "violations": st.violations, "why": why,
                   "noise_floor": noise_floor(res, st),
                   "unresolved_at_end": st.unresolved_at_end, "dropped_by_lost_events": st.dropped_by_loss,
-                  "dropped_by_cut_lines": st.dropped_by_cut, "dropped_by_time_gap": st.dropped_by_gap}
+                  "dropped_by_cut_lines": st.dropped_by_cut, "dropped_by_time_gap": st.dropped_by_gap,
+                  "dropped_install_untraced": st.dropped_install_untraced}
     return out
 
 

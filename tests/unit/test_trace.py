@@ -258,3 +258,25 @@ def test_the_port_is_recognised_by_its_subjects_wherever_its_files_live():
     assert not carries_create_time_series([{"file": "series/0001-MUTANT.patch", "subject": "MUTANT: KVM: x"}])
     assert choose_ruleset("auto", "6.12.117", {"kvm_set_pfn_dirty"}, True)[0] == "create-time"
     assert choose_ruleset("auto", "6.12.117", {"kvm_set_pfn_dirty"}, False)[0] == "zap-time"
+
+
+def test_r3_on_create_time_counts_the_release_at_install_as_the_mark():
+    # Make a create-time trace from a recorded zap: the zap-time mark after it is dropped, and an install of the
+    # same pfn (the zap line with old and new swapped) is put at the top, with or without its dirty release.
+    ls = lines()
+    i, pfn = first_zap_with_mark(ls)
+    zap = ls[i]
+    p = T.split_line(zap)
+    f = p[4].split()
+    install = zap.replace(b"old_spte " + f[8], b"old_spte 0x0").replace(b"new_spte " + f[10], b"new_spte " + f[8])
+    install = install.replace(p[3], b"0.000001")
+    body = ls[:i + 1] + ls[i + 2:]  # no mark after the zap
+    body = [x for x in body if not (b"mm_vmscan_write_folio" in x and b"pfn=%#x " % pfn in x)]
+    released, _ = with_releases([install])
+    assert len(released) == 2  # the install and its dirty release
+    ok = run(released + body, "create-time")
+    assert ok.rules["R3"].checked >= 1 and not any(e["pfn"] == pfn for e in ok.rules["R3"].examples)
+    lost = run([install] + body, "create-time")
+    assert any(e["pfn"] == pfn for e in lost.rules["R3"].examples)
+    # a pfn mapped before tracing began is not judged (its release is unknowable)
+    assert run(body, "create-time").rules["R3"].dropped_install_untraced >= 1
