@@ -144,7 +144,10 @@ def score(m: Matrix, cells: list[Cell]) -> dict:
     mutants = {k for k, r in m.kernels.items() if r.mutant}
     runnable = {c.kernel for c in cells if c.kernel in mutants and c.expect == "finding"}
     caught = {c.kernel for c in cells if c.kernel in runnable and c.expect == "finding" and c.outcome == "finding"}
-    fp = sum(1 for c in cells if c.expect == "clean" for r in c.runs if r["verdict"] == "finding")
+    # a false positive convicts a correct kernel; a finding on a mutant in a cell declared hidden is a mismatch
+    # (shown as such), not a false positive
+    fp = sum(1 for c in cells if c.expect == "clean" and c.kernel not in mutants
+             for r in c.runs if r["verdict"] == "finding")
     ttc = {}
     for k in sorted(runnable):
         times = sorted(r["first_finding_s"] for c in cells if c.kernel == k for r in c.runs

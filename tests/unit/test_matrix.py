@@ -38,6 +38,9 @@ def test_score_counts_caught_mutants_and_false_positives(tmp_path):
     cells[2].runs = [run("pass"), run("pass")]
     sc = score(m, cells)
     assert sc["mutation_score"] == 0.5 and sc["caught"] == ["m1"] and sc["false_positives"] == 1
+    hidden = Cell("m2", {"swap": "zram"}, "clean", runs=[run("finding", 30.0)])  # a mutant seen where declared hidden
+    sc2 = score(m, cells + [hidden])
+    assert sc2["false_positives"] == 1 and not hidden.ok
     assert sc["time_to_catch"]["m1"]["median_s"] == 40.0
     assert "MISMATCH" in summary(m, cells, sc)
     assert junit(m, cells).count("<failure") == 2
