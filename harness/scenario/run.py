@@ -262,6 +262,7 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
     # Oracles.
     text = (cdir / "l2-console.log").read_text(errors="replace")
     res = ledger_oracle.parse_console(text)
+    oom_ended = l2_ended_by_oom(text, l1.get("memory_events") or {})
     atomic_write(cdir / "ledger.jsonl", "".join(json.dumps(e) + "\n" for e in res.events))
     run["ledger"] = res.totals()
     run["ledger"]["first_bad_s"] = res.first_bad_t
@@ -275,7 +276,7 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
                          "title": f"L2's QEMU ended (exit {mon.l2_rc}) before L2 booted: "
                                   + (cdir / "l2-qemu.log").read_text(errors="replace").strip()[-200:]
                                   if (cdir / "l2-qemu.log").exists() else f"L2's QEMU ended (exit {mon.l2_rc})"})
-    elif not res.done and l2_ended_by_oom(text, l1.get("memory_events") or {}):
+    elif not res.done and oom_ended:
         # An OOM kill ended L2 early: in L2 (the ledger does not fit its RAM) or in L1 (the cgroup killed L2's
         # QEMU: memory.max too tight for this backend).  A setup failure, not evidence against the kernel.
         findings.append({"oracle": "infra", "layer": "L2", "kind": "oom-ended-run",
@@ -292,7 +293,7 @@ def _in_l1(s, run, cdir, timings, findings, sh: L1Shell, vm, scale, deadline, t0
     if tracer:
         findings.extend(tracer.judge(res))
     if ("first_finding_s" not in timings and mon.l2_end_wall is not None and not res.done
-            and not l2_ended_by_oom(text, l1.get("memory_events") or {})):
+            and not oom_ended):
         timings["first_finding_s"] = round(mon.l2_end_wall - t0, 2)  # L2 died: the death is the first finding
     # Sensitivity: a pass counts only if L2's memory really went through swap and the exposed path ran.
     vd = l1["vmstat_delta"]
