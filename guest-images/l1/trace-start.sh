@@ -42,8 +42,13 @@ else
     ev kvmmmu kvm_tdp_mmu_spte_changed "gfn >= $GM && gfn < $G"
     ev kvmmmu kvm_mmu_spte_requested "gfn >= $GM && gfn < $G"
 fi
-# kvmmmu:kvm_mmu_set_spte and fast_page_fault are not enabled: the TDP MMU's installs already show in
+# kvmmmu:kvm_mmu_set_spte and fast_page_fault are not enabled for the TDP MMU: its installs already show in
 # kvm_tdp_mmu_spte_changed, and every line costs L1 CPU (formatting, cat, dropbear) that L2 then lacks.
+# The shadow MMU (kvm.tdp_mmu=N) has no SPTE-change event: its installs (gfn -> pfn) come from kvm_mmu_set_spte,
+# its zaps from a kprobe on mmu_spte_clear_track_bits (below).
+TDP_MMU=$(cat /sys/module/kvm/parameters/tdp_mmu 2>/dev/null)
+echo "tdp_mmu=${TDP_MMU:-unknown}"
+[ "$TDP_MMU" = N ] && ev kvmmmu kvm_mmu_set_spte "gfn >= $GM && gfn < $G"
 ev kvm kvm_unmap_hva_range
 # kvm:kvm_age_hva is not enabled: a third of all lines, and no rule needs it
 ev vmscan mm_vmscan_write_folio
@@ -52,7 +57,7 @@ ev vmscan mm_vmscan_write_folio
 
 # kprobes on the dirty-marking functions that exist (kvm is a module: its symbols are in kallsyms once loaded).
 # One pass over kallsyms (slow under TCG): module symbols end in a tab and [module].
-SYMS=$(awk '$3 ~ /^(kvm_set_pfn_dirty|kvm_set_page_dirty|kvm_release_page_dirty|kvm_release_pfn_dirty|kvm_release_faultin_page|kvm_mmu_finish_page_fault|handle_changed_spte|mmu_spte_clear_track_bits|vmemmap_base)$/ {print $3}' /proc/kallsyms | sort -u)
+SYMS=$(awk '$3 ~ /^(kvm_set_pfn_dirty|kvm_set_page_dirty|kvm_release_page_dirty|kvm_release_pfn_dirty|kvm_release_faultin_page|kvm_mmu_finish_page_fault|handle_changed_spte|mmu_spte_clear_track_bits|__remove_mapping|vmemmap_base)$/ {print $3}' /proc/kallsyms | sort -u)
 have() { echo "$SYMS" | grep -qx "$1"; }
 kp() {  # kp EVENT FUNC ARGS
     if have "$2"; then
@@ -77,8 +82,13 @@ else
     else kp dirty_page kvm_release_page_dirty "page=%di:x64 $VM"; fi
 fi
 have kvm_release_pfn_dirty && ! have kvm_set_pfn_dirty && kp dirty_pfn kvm_release_pfn_dirty "pfn=%di:x64"
+# R4 judges the effect, not the call: reclaim dropping a clean folio, __remove_mapping(mapping, folio, ...)
+kp reclaim_clean __remove_mapping "page=%si:x64 $VM"
+# shadow MMU zaps: mmu_spte_clear_track_bits(kvm, sptep), the old SPTE read through sptep at entry
+[ "$TDP_MMU" = N ] && kp shadow_zap mmu_spte_clear_track_bits "spte=+0(%si):x64"
 for s in kvm_set_pfn_dirty kvm_set_page_dirty kvm_release_page_dirty kvm_release_pfn_dirty \
-         kvm_release_faultin_page kvm_mmu_finish_page_fault handle_changed_spte mmu_spte_clear_track_bits; do
+         kvm_release_faultin_page kvm_mmu_finish_page_fault handle_changed_spte mmu_spte_clear_track_bits \
+         __remove_mapping; do
     have $s && echo "symbol=$s"
 done
 echo 1 > $T/tracing_on

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.errors import InfraError
 from harness.images.cpio import busybox_tree, copy_into, inputs_hash, ldd_libs, pack, sha256_file
-from harness.images.l2 import L2Image
+from harness.images.l2 import L2Image, build_static
 from harness.paths import REPO, cache_dir
 
 GUEST = REPO / "guest-images"
@@ -105,7 +105,9 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image, l2_kernel: Path)
         busybox_tree(root)
         copy_into(root, GUEST / "l1/init", "init", 0o755)
         for s in scripts:
-            if s.name != "init":
+            if s.suffix == ".c":  # guest-side helpers in C (trace-reader.c -> /harness/trace-reader)
+                build_static(s, root / "harness" / s.stem)
+            elif s.name != "init":
                 copy_into(root, s, f"harness/{s.name}", 0o755)
         modules = _install_modules(root, kernel_dir / "modules", release)
         # SSH: dropbear with a host key made here and pinned by L0.

@@ -19,12 +19,17 @@ class L2Image:
     key: str
 
 
-def build_ledger(out: Path) -> Path:
-    src = GUEST / "ledger/ledger.c"
+def build_static(src: Path, out: Path) -> Path:
+    """A guest-side C program, linked statically (the initramfs has no libc of its own)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     p = subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(out), str(src)], capture_output=True, text=True)
     if p.returncode != 0:
-        raise InfraError(f"building the ledger failed: {p.stderr.strip()}")
+        raise InfraError(f"building {src.name} failed: {p.stderr.strip()}")
     return out
+
+
+def build_ledger(out: Path) -> Path:
+    return build_static(GUEST / "ledger/ledger.c", out)
 
 
 def build_l2_image() -> L2Image:

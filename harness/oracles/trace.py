@@ -10,6 +10,13 @@ Input is `trace_pipe` text from L1 (irq-info off or on), fed line by line: nothi
   R3 (either): a dirty leaf SPTE zapped under the MMU notifier (kvm_unmap_hva_range), whose pfn is then freed
      (mm_page_free) with neither a writeback (mm_vmscan_write_folio) nor a dirty mark in between: a lost write.
      On create-time kernels the dirty release after the pfn's last install counts as its mark.
+  R4 (either, any MMU): a dirty leaf SPTE zapped, then its pfn dropped by reclaim as a clean folio
+     (`__remove_mapping`, kprobe reclaim_clean) and freed, with no writeback (mm_vmscan_write_folio) since the
+     zap: the lost write judged by its effect, whatever the kernel called to mark it.  A mark that does not set
+     the folio's dirty flag (or a kernel that marks through a function the trace does not know) cannot hide it.
+
+The shadow MMU (kvm.tdp_mmu=N) has no SPTE-change tracepoint: kprobe shadow_zap on mmu_spte_clear_track_bits()
+records the old SPTE (`+0(%si)`), and kvmmmu:kvm_mmu_set_spte (gfn, new SPTE) gives its pfn -> gfn map.
 
 SPTE bits (v6.12 arch/x86/kvm/mmu/spte.h): present = bit 11 (SPTE_MMU_PRESENT_MASK); pfn = bits 51:12;
 writable = bit 1 (both vendors); large = bit 7.  AMD NPT: accessed 5, dirty 6, host-writable 9, MMU-writable 10.
@@ -167,6 +174,9 @@ def dirty_pfn(name: bytes, body: bytes) -> int:
     return (page - base) // STRUCT_PAGE
 
 
+page_pfn = dirty_pfn  # reclaim_clean records the folio the same way (page=, vmemmap=)
+
+
 # ---- the streaming checker -----------------------------------------------------------------------------------
 
 SPTE_CHANGED = b"kvm_tdp_mmu_spte_changed"
@@ -177,14 +187,19 @@ AGE = b"kvm_age_hva"
 WRITE_FOLIO = b"mm_vmscan_write_folio"
 PAGE_FREE = b"mm_page_free"
 DIRTY = (b"dirty_pfn", b"dirty_page")
+SHADOW_ZAP = b"shadow_zap"  # kprobe on mmu_spte_clear_track_bits(kvm, sptep): spte=+0(%si), the old SPTE
+RECLAIM_CLEAN = b"reclaim_clean"  # kprobe on __remove_mapping(mapping, folio, ...): reclaim drops a clean folio
+RULES = ("R1", "R2", "R3", "R4")
 
+ZAP_EVENTS = "kvm_tdp_mmu_spte_changed|shadow_zap"
 RULE_NEEDS = {
-    "R1": ("kvm_tdp_mmu_spte_changed", "dirty_pfn|dirty_page"),
+    "R1": (ZAP_EVENTS, "dirty_pfn|dirty_page"),
     "R2": ("kvm_tdp_mmu_spte_changed", "kvm_mmu_spte_requested", "dirty_pfn|dirty_page"),
-    "R3": ("kvm_tdp_mmu_spte_changed", "kvm_unmap_hva_range", "mm_page_free", "mm_vmscan_write_folio",
+    "R3": (ZAP_EVENTS, "kvm_unmap_hva_range", "mm_page_free", "mm_vmscan_write_folio",
            "dirty_pfn|dirty_page"),
+    "R4": (ZAP_EVENTS, "reclaim_clean", "mm_page_free", "mm_vmscan_write_folio"),
 }
-RULE_SET = {"zap-time": ("R1", "R3"), "create-time": ("R2", "R3")}
+RULE_SET = {"zap-time": ("R1", "R3", "R4"), "create-time": ("R2", "R3", "R4")}
 
 
 @dataclass
@@ -235,7 +250,7 @@ class Checker:
         self.res = Result(vendor, ruleset)
         self.counts: dict[bytes, int] = {}
         self.available = set(available) if available is not None else None
-        self.rules = {r: RuleState() for r in ("R1", "R2", "R3")}
+        self.rules = {r: RuleState() for r in RULES}
         self._decide_rules()
         self.r1_pend: dict[bytes, list] = {}  # pid -> [[pfn, gfn, line, ts, ts of the task's next event], ...]
         self.r2_pend: dict[bytes, list] = {}  # pid -> [[pfn, npages, gfn, line, ts], ...]
@@ -246,6 +261,9 @@ class Checker:
         # that as the mark; otherwise every migration or teardown free of a mapped page would look like a loss)
         self.released: set[int] = set()
         self.installed: set[int] = set()  # pfns whose install the trace saw
+        # R4: pfn -> [gfn, line, ts, written back since the zap, dropped clean by reclaim]
+        self.r4_zapped: dict[int, list] = {}
+        self.pfn_gfn: dict[int, int] = {}  # shadow MMU: pfn -> gfn from kvm_mmu_set_spte (no gfn at the zap)
         self.n = 0
         self.next_sweep = window
         self.done = False
@@ -267,6 +285,13 @@ class Checker:
         self.r1 = self.rules["R1"].ran
         self.r2 = self.rules["R2"].ran
         self.r3 = self.rules["R3"].ran
+        self.r4 = self.rules["R4"].ran
+
+    def disable(self, rule: str, why: str) -> None:
+        """Turn a rule off before feeding (the scenario makes it meaningless); it reports ran: false with why."""
+        st = self.rules[rule]
+        st.ran, st.why = False, why
+        setattr(self, rule.lower(), False)
 
     def truncate(self) -> None:
         self.res.truncated = True
@@ -307,19 +332,34 @@ class Checker:
             elif name in DIRTY:
                 self._dirty(pid, dirty_pfn(name, body))
             elif name == PAGE_FREE:
-                if self.zapped:
+                if self.zapped or self.r4_zapped:
                     pfn = _field(body, b"pfn=")
                     order = _field(body, b"order=")
-                    z = self.zapped
+                    z, z4 = self.zapped, self.r4_zapped
                     for q in range(pfn, pfn + (1 << order)):
                         if q in z:
                             self.unmarked.discard(q)
                             self._freed(q, z.pop(q), ts)
+                        if q in z4:
+                            self._r4_freed(q, z4.pop(q), ts)
             elif name == WRITE_FOLIO:
-                if self.zapped:
-                    ent = self.zapped.get(_field(body, b"pfn="))
+                if self.zapped or self.r4_zapped:
+                    pfn = _field(body, b"pfn=")
+                    ent = self.zapped.get(pfn)
                     if ent:
                         ent[4] = True
+                    ent = self.r4_zapped.get(pfn)
+                    if ent:
+                        ent[3] = True
+            elif name == RECLAIM_CLEAN:
+                if self.r4_zapped:
+                    ent = self.r4_zapped.get(page_pfn(name, body))
+                    if ent:
+                        ent[4] = True
+            elif name == SHADOW_ZAP:
+                self._shadow_zap(pid, ts, body, n)
+            elif name == SET_SPTE:
+                self._set_spte(body)
             elif name == SPTE_REQUESTED:
                 if pid in self.r2_pend:
                     self._r2_close(pid, "its next fault started")
@@ -348,6 +388,11 @@ class Checker:
                     del self.zapped[q]
                     self.unmarked.discard(q)
                     self.rules["R3"].dropped_by_cut += 1
+        if self.r4_zapped:  # a writeback follows its zap at once (pageout right after try_to_unmap): recent ones
+            z4 = self.r4_zapped
+            for q in [q for q, e in z4.items() if not e[3] and self.n - e[1] < 64]:
+                del z4[q]
+                self.rules["R4"].dropped_by_cut += 1
 
     def _lost(self, line: bytes) -> None:
         words = line.split()
@@ -363,6 +408,8 @@ class Checker:
         self.rules["R3"].dropped_by_loss += len(self.zapped)
         self.zapped.clear()
         self.unmarked.clear()
+        self.rules["R4"].dropped_by_loss += len(self.r4_zapped)
+        self.r4_zapped.clear()
 
     def _spte_changed(self, pid: bytes, ts: bytes, body: bytes, n: int) -> None:
         f = body.split()
@@ -378,30 +425,71 @@ class Checker:
         npfn = (new & PFN_MASK) >> 12
         if old_leaf and is_dirty(old, self.dmask) and (
                 not new_present or not is_dirty(new, self.dmask) or opfn != npfn):
-            if self.r1:
-                self.rules["R1"].checked += 1
-                self.r1_pend.setdefault(pid, []).append([opfn, gfn, n, ts, None])
-            if self.r3 and (not new_present or opfn != npfn):
-                nl = self.notifier.get(pid)
-                if nl is not None and n - nl < self.window:
-                    create = self.ruleset == "create-time"
-                    if create and opfn not in self.installed:
-                        # mapped before tracing began: whether its release came is unknowable
-                        self.rules["R3"].dropped_install_untraced += 1
-                    else:
-                        marked = create and opfn in self.released
-                        self.zapped[opfn] = [gfn, n, ts, marked, False]
-                        if not marked:
-                            self.unmarked.add(opfn)
+            self._dirty_leaf_changed(pid, ts, n, gfn, opfn, not new_present or opfn != npfn)
         if new_present and (level == 1 or new & LARGE):
-            if self.zapped.pop(npfn, None) is not None:  # mapped again: no longer a candidate for a silent free
-                self.unmarked.discard(npfn)
+            self._remapped(npfn)
             if not (old_leaf and opfn == npfn):
                 self.released.discard(npfn)  # a new mapping of this pfn: its release is still to come
                 self.installed.add(npfn)
             if self.r2 and new & self.hwmask and not (old_leaf and old & self.hwmask and opfn == npfn):
                 self.rules["R2"].checked += 1
                 self.r2_pend.setdefault(pid, []).append([npfn, 1 << (9 * (level - 1)), gfn, n, ts])
+
+    def _dirty_leaf_changed(self, pid: bytes, ts: bytes, n: int, gfn: int, opfn: int, unmapped: bool) -> None:
+        """A present dirty leaf SPTE of opfn became non-present, clean or another pfn (`unmapped`: not clean)."""
+        if self.r1:
+            self.rules["R1"].checked += 1
+            self.r1_pend.setdefault(pid, []).append([opfn, gfn, n, ts, None])
+        if not unmapped:
+            return
+        if self.r4:
+            self.r4_zapped[opfn] = [gfn, n, ts, False, False]
+        if self.r3:
+            nl = self.notifier.get(pid)
+            if nl is not None and n - nl < self.window:
+                create = self.ruleset == "create-time"
+                if create and opfn not in self.installed:
+                    # mapped before tracing began: whether its release came is unknowable
+                    self.rules["R3"].dropped_install_untraced += 1
+                else:
+                    marked = create and opfn in self.released
+                    self.zapped[opfn] = [gfn, n, ts, marked, False]
+                    if not marked:
+                        self.unmarked.add(opfn)
+
+    def _remapped(self, npfn: int) -> None:
+        """A leaf SPTE maps npfn again: it is no longer a candidate for a silent free."""
+        if self.zapped.pop(npfn, None) is not None:
+            self.unmarked.discard(npfn)
+        self.r4_zapped.pop(npfn, None)
+
+    def _shadow_zap(self, pid: bytes, ts: bytes, body: bytes, n: int) -> None:
+        """mmu_spte_clear_track_bits(): the shadow MMU clears a leaf SPTE (rmap SPTEs are leaves), then marks."""
+        old = _field(body, b"spte=")
+        if pid in self.r1_pend:
+            self._r1_close(pid, "the same task cleared another SPTE first")
+        if old & PRESENT and is_dirty(old, self.dmask):
+            opfn = (old & PFN_MASK) >> 12
+            self._dirty_leaf_changed(pid, ts, n, self.pfn_gfn.get(opfn), opfn, True)
+
+    def _set_spte(self, body: bytes) -> None:
+        """kvm_mmu_set_spte: "gfn G spte S (rwxu) level L" -- an install (either MMU)."""
+        f = body.split()
+        gfn, new = int(f[1], 16), int(f[3], 16)
+        if new & PRESENT:
+            pfn = (new & PFN_MASK) >> 12
+            self.pfn_gfn[pfn] = gfn
+            self._remapped(pfn)
+
+    def _r4_freed(self, pfn: int, ent: list, ts: bytes) -> None:
+        if not ent[4]:
+            return  # freed some other way (migration, teardown): the candidacy ends, nothing to judge
+        st = self.rules["R4"]
+        st.checked += 1
+        if not ent[3]:
+            st.violate({"gfn": ent[0], "pfn": pfn, "zap_line": ent[1], "zap_ts": _s(ent[2]), "free_ts": _s(ts),
+                        "what": "dirty SPTE zapped, then reclaim dropped the page as clean (no writeback) and "
+                                "freed it: the dirty mark was missing or had no effect"})
 
     def _dirty(self, pid: bytes, pfn: int) -> None:
         pend = self.r1_pend.get(pid)
@@ -466,11 +554,13 @@ class Checker:
         self.rules["R1"].unresolved_at_end = sum(len(v) for v in self.r1_pend.values())
         self.rules["R2"].unresolved_at_end = sum(len(v) for v in self.r2_pend.values())
         self.rules["R3"].unresolved_at_end = len(self.zapped)
+        self.rules["R4"].unresolved_at_end = sum(1 for e in self.r4_zapped.values() if e[4])
         for r, st in self.rules.items():
             if st.ran and not st.why:
                 st.why = {"R1": "dirty leaf SPTE changes checked for a following dirty mark",
                           "R2": "host-writable SPTE installs checked for a dirty release before the next fault",
-                          "R3": "notifier zaps of dirty SPTEs followed to the free of their pfn"}[r]
+                          "R3": "notifier zaps of dirty SPTEs followed to the free of their pfn",
+                          "R4": "zaps of dirty SPTEs followed to reclaim's clean drop and free of their pfn"}[r]
         res.rules = self.rules
         return res
 
@@ -540,7 +630,8 @@ def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list
     out = []
     titles = {"R1": "dirty SPTE zapped without marking its page dirty",
               "R2": "writable SPTE installed without marking its page dirty",
-              "R3": "page freed after a notifier zap with no writeback and no dirty mark (lost write)"}
+              "R3": "page freed after a notifier zap with no writeback and no dirty mark (lost write)",
+              "R4": "page dropped clean by reclaim after a dirty SPTE zap, no writeback (lost write)"}
     for r, st in res.rules.items():
         if not st.ran or st.violations <= noise_floor(res, st):
             continue
@@ -594,6 +685,27 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
                     for s_ in (o, nw):
                         if s_.present and s_.leaf:
                             pfn_gfn[s_.pfn] = g
+            elif name == SET_SPTE:  # an install: the shadow MMU's only gfn <-> pfn evidence
+                f = body.split()
+                g, new = int(f[1], 16), int(f[3], 16)
+                if g in want and new & PRESENT:
+                    pfn = (new & PFN_MASK) >> 12
+                    pfn_gfn[pfn] = g
+                    want[g].append(f"{t} pid {_s(pid)} spte map: {decode_spte(new, vendor).short()}")
+            elif name == SHADOW_ZAP:
+                o = decode_spte(_field(body, b"spte="), vendor)
+                g = pfn_gfn.get(o.pfn) if o.present else None
+                if g in want:
+                    if pid in last_unmap:
+                        want[g].append(f"{t} notifier {last_unmap[pid]}")
+                    want[g].append(f"{t} pid {_s(pid)} shadow spte zap: {o.short()} -> none")
+                    fates[g] = {"pfn": o.pfn, "t": t, "dirty_spte": o.writable and o.dirty,
+                                "dirty_mark": False, "writeback": False, "freed": False}
+            elif name == RECLAIM_CLEAN:
+                pfn = page_pfn(name, body)
+                if pfn in pfn_gfn:
+                    want[pfn_gfn[pfn]].append(f"{t} reclaim drops pfn {pfn:#x} as clean")
+                    _fate(fates, pfn_gfn[pfn], pfn, "dropped_clean")
             elif name == SPTE_REQUESTED:
                 f = body.split()
                 g = int(f[1], 16)
@@ -635,8 +747,9 @@ def fate_text(f: dict) -> str:
     """One line: what L1 did with the page after the gfn's last zap (the shape of a lost write, or not)."""
     return (f"L1 pfn {f['pfn']:#x}: {'writable dirty ' if f['dirty_spte'] else ''}SPTE zapped at {f['t']} s, then "
             + ", ".join(("a dirty mark" if f["dirty_mark"] else "no dirty mark",
-                         "writeback" if f["writeback"] else "no writeback",
-                         "freed" if f["freed"] else "not freed")))
+                         "writeback" if f["writeback"] else "no writeback")
+                        + (("dropped clean by reclaim",) if f.get("dropped_clean") else ())
+                        + ("freed" if f["freed"] else "not freed",)))
 
 
 def timeline_findings(tl: dict[int, list[str]], res: Result, incomplete: list[str] | None = None,

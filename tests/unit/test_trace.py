@@ -280,3 +280,120 @@ def test_r3_on_create_time_counts_the_release_at_install_as_the_mark():
     assert any(e["pfn"] == pfn for e in lost.rules["R3"].examples)
     # a pfn mapped before tracing began is not judged (its release is unknowable)
     assert run(body, "create-time").rules["R3"].dropped_install_untraced >= 1
+
+
+# ---- R4: judged by the effect (reclaim drops the page clean), and the shadow MMU's zap probe ---------------------
+ALL4 = ALL | {"reclaim_clean"}
+
+
+def reclaim_clean(ts: bytes, pfn: int, vmemmap: int = 0xFFFFC2C540000000) -> bytes:
+    """A reclaim_clean kprobe hit (kprobe on __remove_mapping, folio=%si) for pfn, in L1's line format."""
+    return (b" qemu-system-x86-323     [000]    " + ts + b": reclaim_clean: (__remove_mapping+0x4/0x2d0) "
+            + b"page=%#x vmemmap=%#x" % (vmemmap + pfn * T.STRUCT_PAGE, vmemmap))
+
+
+def with_clean_drop(ls, pfn, keep_mark=True, keep_writeback=False):
+    """The recorded trace edited so that reclaim drops pfn clean just before its free."""
+    out = []
+    for x in ls:
+        if not keep_writeback and b"mm_vmscan_write_folio" in x and b"pfn=%#x " % pfn in x:
+            continue
+        if b"mm_page_free" in x and b"pfn=%#x " % pfn in x:
+            out.append(reclaim_clean(T.split_line(x)[3], pfn))
+        out.append(x)
+    i, _ = first_zap_with_mark(ls)
+    if not keep_mark:
+        out.remove(ls[i + 1])
+    return out
+
+
+def test_r4_clean_trace_passes_and_counts_reclaimed_pages():
+    ls = lines()
+    i, pfn = first_zap_with_mark(ls)
+    res = run(with_clean_drop(ls, pfn, keep_writeback=True), available=ALL4)
+    r4 = res.rules["R4"]
+    assert r4.ran and r4.checked == 1 and r4.violations == 0
+
+
+def test_r4_catches_a_mark_that_has_no_effect():
+    # mutant c's shape: the zap-time mark is called (R1 and R3 are satisfied), but the folio stays clean, so
+    # reclaim drops it with no writeback
+    ls = lines()
+    i, pfn = first_zap_with_mark(ls)
+    res = run(with_clean_drop(ls, pfn), available=ALL4)
+    assert res.rules["R1"].violations == 0 and res.rules["R3"].violations == 0
+    r4 = res.rules["R4"]
+    assert r4.violations == 1 and r4.examples[0]["pfn"] == pfn
+    assert r4.examples[0]["gfn"] == int(T.split_line(ls[i])[4].split()[4], 16)
+    assert "R4-violation" in {f["kind"] for f in T.findings(res)}
+
+
+def test_r4_needs_the_free_and_ends_at_a_remap():
+    ls = lines()
+    i, pfn = first_zap_with_mark(ls)
+    dropped = with_clean_drop(ls, pfn)
+    no_free = [x for x in dropped if not (b"mm_page_free" in x and b"pfn=%#x " % pfn in x)]
+    assert run(no_free, available=ALL4).rules["R4"].violations == 0  # __remove_mapping can fail: not freed
+    zap = T.split_line(ls[i])[4].split()
+    remap = ls[i].replace(b"old_spte " + zap[8], b"old_spte 8000000000000000").replace(
+        b"new_spte " + zap[10], b"new_spte " + zap[8])
+    j = next(k for k, x in enumerate(dropped) if b"reclaim_clean" in x)
+    assert run(dropped[:j] + [remap] + dropped[j:], available=ALL4).rules["R4"].violations == 0
+
+
+def test_r4_not_run_without_its_probe():
+    res = run(lines(), available=ALL)
+    assert not res.rules["R4"].ran and "reclaim_clean" in res.rules["R4"].why
+
+
+SET_SPTE = b" qemu-system-x86-323     [000]    %s: kvm_mmu_set_spte: gfn %x spte %x (rwxu) level 1"
+SHADOW_ZAP = b" qemu-system-x86-323     [000]    %s: shadow_zap: (mmu_spte_clear_track_bits+0x4/0x1b0 [kvm]) spte=%#x"
+UNMAP = (b" qemu-system-x86-323     [000]    %s: kvm_unmap_hva_range: mmu notifier unmap range: "
+         b"0x007f5d55af1000 -- 0x007f5d55af2000")
+DIRTY = b" qemu-system-x86-323     [000]    %s: dirty_pfn: (kvm_set_pfn_dirty+0x4/0x50 [kvm]) pfn=%#x"
+FREE = b" qemu-system-x86-323     [000]    %s: mm_page_free: page=00000000cdc819c9 pfn=%#x order=0"
+
+
+def shadow_trace(mark: bool, writeback: bool):
+    gfn, spte = 0x103cf0, 0x10c0b4e67  # a writable dirty NPT leaf (pfn 0x10c0b4)
+    pfn = spte >> 12
+    ls = [SET_SPTE % (b"10.000001", gfn, spte), UNMAP % b"10.000100", SHADOW_ZAP % (b"10.000101", spte)]
+    if mark:
+        ls.append(DIRTY % (b"10.000102", pfn))
+    if writeback:
+        ls.append(b" qemu-system-x86-323     [000]    10.000110: mm_vmscan_write_folio: page=00000000cdc819c9 "
+                  b"pfn=%#x flags=RECLAIM_WB_ANON|RECLAIM_WB_ASYNC" % pfn)
+    ls += [reclaim_clean(b"10.000200", pfn), FREE % (b"10.000201", pfn),
+           SHADOW_ZAP % (b"10.000300", 0x8000000000000000)]  # the task's next clear: closes R1
+    return ls, gfn, pfn
+
+
+def test_shadow_mmu_zap_without_mark_names_gfn_and_pfn():
+    ls, gfn, pfn = shadow_trace(mark=False, writeback=False)
+    res = run(ls, available=ALL4 | {"shadow_zap", "kvm_mmu_set_spte"})
+    for r in ("R1", "R3", "R4"):
+        st = res.rules[r]
+        assert st.checked == 1 and st.violations == 1, r
+        assert st.examples[0]["gfn"] == gfn and st.examples[0]["pfn"] == pfn, r
+    fates: dict = {}
+    tl = T.timelines(ls, [gfn], fates=fates)[gfn]
+    assert any("shadow spte zap" in x for x in tl) and any("reclaim drops" in x for x in tl)
+    assert T.fate_text(fates[gfn]).endswith("no dirty mark, no writeback, dropped clean by reclaim, freed")
+
+
+def test_shadow_mmu_zap_with_mark_and_writeback_passes():
+    ls, _, _ = shadow_trace(mark=True, writeback=True)
+    res = run(ls, available=ALL4 | {"shadow_zap", "kvm_mmu_set_spte"})
+    assert all(res.rules[r].violations == 0 for r in ("R1", "R3", "R4"))
+    assert res.rules["R1"].checked == 1 and res.rules["R4"].checked == 1
+
+
+def test_a_disabled_rule_reports_why_and_checks_nothing():
+    ls = lines()
+    i, pfn = first_zap_with_mark(ls)
+    chk = T.Checker("amd", "zap-time", ALL4)
+    chk.disable("R4", "not run: shared-file guest RAM")
+    for ln in with_clean_drop(ls, pfn):
+        chk.feed(ln)
+    r4 = chk.finish().rules["R4"]
+    assert not r4.ran and r4.checked == 0 and r4.violations == 0 and "shared-file" in r4.why
