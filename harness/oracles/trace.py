@@ -680,8 +680,7 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
                     what = "zap" if o.present and not nw.present else "map" if nw.present and not o.present else "change"
                     want[g].append(f"{t} pid {_s(pid)} spte {what} L{lvl}: {o.short()} -> {nw.short()}")
                     if what == "zap" and o.leaf:
-                        fates[g] = {"pfn": o.pfn, "t": t, "dirty_spte": o.writable and o.dirty,
-                                    "dirty_mark": False, "writeback": False, "freed": False}
+                        _new_fate(fates, g, o.pfn, t, o.writable and o.dirty)
                     for s_ in (o, nw):
                         if s_.present and s_.leaf:
                             pfn_gfn[s_.pfn] = g
@@ -699,8 +698,7 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
                     if pid in last_unmap:
                         want[g].append(f"{t} notifier {last_unmap[pid]}")
                     want[g].append(f"{t} pid {_s(pid)} shadow spte zap: {o.short()} -> none")
-                    fates[g] = {"pfn": o.pfn, "t": t, "dirty_spte": o.writable and o.dirty,
-                                "dirty_mark": False, "writeback": False, "freed": False}
+                    _new_fate(fates, g, o.pfn, t, o.writable and o.dirty)
             elif name == RECLAIM_CLEAN:
                 pfn = page_pfn(name, body)
                 if pfn in pfn_gfn:
@@ -737,10 +735,22 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
     return {g: list(d) for g, d in want.items()}
 
 
+def _new_fate(fates: dict[int, dict], g: int, pfn: int, t: str, dirty_spte: bool) -> None:
+    """A zap of gfn g's leaf SPTE starts a new cycle, unless an earlier cycle already ended in a lost write's
+    shape: that one (the first loss) is what the finding reports, not the last cycle before the run ended."""
+    f = fates.get(g)
+    if f and f.get("lost"):
+        return
+    fates[g] = {"pfn": pfn, "t": t, "dirty_spte": dirty_spte, "dirty_mark": False, "writeback": False,
+                "freed": False}
+
+
 def _fate(fates: dict[int, dict], g: int, pfn: int, what: str) -> None:
     f = fates.get(g)
-    if f and f["pfn"] == pfn:
+    if f and f["pfn"] == pfn and not f.get("lost"):
         f[what] = True
+        if what == "freed" and f["dirty_spte"] and not f["writeback"] and f.get("dropped_clean"):
+            f["lost"] = True  # a dirty SPTE's page dropped clean by reclaim and freed, no writeback since the zap
 
 
 def fate_text(f: dict) -> str:

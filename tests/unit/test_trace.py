@@ -397,3 +397,51 @@ def test_a_disabled_rule_reports_why_and_checks_nothing():
         chk.feed(ln)
     r4 = chk.finish().rules["R4"]
     assert not r4.ran and r4.checked == 0 and r4.violations == 0 and "shared-file" in r4.why
+
+
+def test_fate_reports_the_first_lost_cycle_not_the_last():
+    ls, gfn, pfn = shadow_trace(mark=False, writeback=False)
+    spte2 = 0x10d0b4e67  # the gfn mapped again later, to another pfn, and zapped with a proper mark
+    pfn2 = spte2 >> 12
+    later = [SET_SPTE % (b"20.000001", gfn, spte2), UNMAP % b"20.000100", SHADOW_ZAP % (b"20.000101", spte2),
+             DIRTY % (b"20.000102", pfn2), FREE % (b"20.000201", pfn2)]
+    fates: dict = {}
+    T.timelines(ls + later, [gfn], fates=fates)
+    assert fates[gfn]["pfn"] == pfn and fates[gfn]["lost"] and fates[gfn]["t"] == "10.000101"
+
+
+# ---- R4 and the shadow MMU on recorded real traces (trace-reader, no cut lines) ---------------------------------
+SHADOW = ALL4 | {"shadow_zap", "kvm_mmu_set_spte"}
+
+
+def test_recorded_clean_trace_with_reclaim_probe_passes_r4():
+    res = run(lines(FIX / "clean-reclaim-6.12-amd.txt"), available=ALL4)
+    assert res.cut_events == 0 and res.counts.get("reclaim_clean", 0) > 100
+    for r in ("R1", "R3", "R4"):
+        assert res.rules[r].checked >= 30 and res.rules[r].violations == 0, r
+
+
+def test_recorded_mutant_c_fools_r1_and_r3_but_not_r4():
+    res = run(lines(FIX / "mutant-c-6.12-amd.txt"), available=ALL4)
+    assert res.rules["R1"].checked > 0 and res.rules["R1"].violations == 0  # the emptied mark is still called
+    assert res.rules["R3"].violations == 0
+    r4 = res.rules["R4"]
+    assert r4.checked > 0 and r4.violations == r4.checked
+    assert all(e["gfn"] >= 0x100000 and e["pfn"] for e in r4.examples)  # the ledger's DIMM gfns, L1 pfns
+
+
+def test_recorded_mutant_b_on_the_shadow_mmu_names_gfn_pfn_and_rules():
+    ls = lines(FIX / "mutant-b-shadow-6.12-amd.txt")
+    res = run(ls, available=SHADOW)
+    assert res.counts.get("kvm_tdp_mmu_spte_changed", 0) == 0 and res.counts["shadow_zap"] > 0
+    r1, r4 = res.rules["R1"], res.rules["R4"]
+    assert r1.violations >= r1.checked - 1 > 20  # the rmap zap never marks
+    assert r4.violations > 20 and res.rules["R3"].violations > 20
+    named = [e for e in r4.examples if e["gfn"] is not None]  # gfn from the pfn's kvm_mmu_set_spte, if recorded
+    assert len(named) > 10 and all(e["gfn"] >= 0x100000 for e in named)
+    ex = named[0]
+    fates: dict = {}
+    T.timelines(ls, [ex["gfn"]], fates=fates)
+    f = fates[ex["gfn"]]
+    assert f["pfn"] == ex["pfn"] and f["lost"] and not f["dirty_mark"]
+    assert "no dirty mark, no writeback, dropped clean by reclaim, freed" in T.fate_text(f)
