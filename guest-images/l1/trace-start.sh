@@ -53,7 +53,7 @@ ev kvm kvm_unmap_hva_range
 # kvm:kvm_age_hva is not enabled: a third of all lines, and no rule needs it
 ev vmscan mm_vmscan_write_folio
 # mm_page_free: the SSH path that carries this trace frees pages per packet (a feedback loop): not those tasks
-[ "${PAGE_FREE:-1}" = 1 ] && ev kmem mm_page_free 'order < 4 && comm != "dropbear" && comm != "cat" && comm != "gzip"'
+[ "${PAGE_FREE:-1}" = 1 ] && ev kmem mm_page_free 'order < 4 && comm != "dropbear" && comm != "cat" && comm != "gzip" && comm != "trace-reader"'
 
 # kprobes on the dirty-marking functions that exist (kvm is a module: its symbols are in kallsyms once loaded).
 # One pass over kallsyms (slow under TCG): module symbols end in a tab and [module].

@@ -67,6 +67,9 @@ def feed(res: LedgerResult, ev: dict) -> None:
         res.done = True
         res.pages_verified, res.stale, res.zero, res.corrupt = ev["verified"], ev["stale"], ev["zero"], ev["corrupt"]
         res.trail_verified = ev.get("trail_verified", 0)
+        # the start line can be cut by a console message printed in the middle of it; "done" repeats the sizes
+        res.pages = res.pages or ev.get("pages", 0)
+        res.rounds = res.rounds or ev.get("rounds", 0)
 
 
 def parse_console(text: str) -> LedgerResult:

@@ -74,3 +74,15 @@ def test_trailing_checks_catch_losses_within_the_round_and_count_once(ledger_bin
     assert rc == 1 and res.done and res.trail_verified > 0
     assert (res.stale, res.zero, res.corrupt) == (8, 1, 1)  # repaired when found: never counted twice
     assert all(b["round"] == 1 for b in res.bad)  # found in the round that lost them, not the next
+
+
+def test_a_start_line_cut_by_a_console_message_still_gives_the_sizes():
+    from harness.oracles.ledger import parse_console
+    text = ('@@LEDGER {"ev": "start", "pages": 8192, "ro[   12.3] random: crng init done\n'
+            'unds": 12}\n'
+            '@@LEDGER {"ev": "round", "round": 12, "written": 4031, "bad": 0, "t": 67.7}\n'
+            '@@LEDGER {"ev": "done", "pages": 8192, "rounds": 12, "verified": 106496, "stale": 0, "zero": 0, '
+            '"corrupt": 0, "t": 72.2}\n')
+    res = parse_console(text)
+    assert not res.started and res.done
+    assert (res.pages, res.rounds, res.rounds_done, res.pages_verified) == (8192, 12, 12, 106496)
