@@ -50,6 +50,7 @@ WINDOW = 4096  # lines: a pending check still unresolved this far on is late (pr
 GAP_S = 200e-6  # a task's next event this long after a zap: events may have vanished in between (see docs)
 NOISE = 5e-5  # with cut lines in the trace, up to this fraction of checks may fail from silent loss (see docs)
 MAX_EXAMPLES = 50
+MAX_GFNS = 1 << 18  # a 1 GiB ledger's worth of 4 KiB pages
 
 
 @dataclass(frozen=True)
@@ -214,11 +215,14 @@ class RuleState:
     dropped_by_cut: int = 0
     dropped_by_gap: int = 0
     dropped_install_untraced: int = 0  # create-time R3: the pfn was mapped before tracing began
+    gfns: set = field(default_factory=set)  # every gfn with a violation (bounded): the ledger join needs them all
 
     def violate(self, ex: dict) -> None:
         self.violations += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(ex)
+        if ex.get("gfn") is not None and len(self.gfns) < MAX_GFNS:
+            self.gfns.add(ex["gfn"])
 
 
 @dataclass
@@ -641,7 +645,7 @@ def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list
         f = {"oracle": "trace", "layer": "L1", "kind": f"{r}-violation",
              "title": f"trace rule {r}: {st.violations} x {titles[r]}", "rule": r, "count": st.violations,
              "checked": st.checked, "examples": ex,
-             "ledger_gfns_matched": sorted({e['gfn'] for e in st.examples if e.get('gfn') in lg})[:50]}
+             "ledger_gfns_matched": sorted(st.gfns & lg)[:50], "ledger_gfns_matched_count": len(st.gfns & lg)}
         if incomplete:
             f["note"] = "trace incomplete (" + ", ".join(incomplete) + "): counts are lower bounds"
         out.append(f)
@@ -768,7 +772,7 @@ def timeline_findings(tl: dict[int, list[str]], res: Result, incomplete: list[st
     out = []
     fates = fates or {}
     for g, lines in list(tl.items())[:limit]:
-        rules = sorted(r for r, st in res.rules.items() if any(e.get("gfn") == g for e in st.examples))
+        rules = sorted(r for r, st in res.rules.items() if g in st.gfns)
         fate = fates.get(g)
         f = {"oracle": "trace", "layer": "L1", "kind": "ledger-timeline",
              "title": f"ledger-bad gfn {g:#x}: "

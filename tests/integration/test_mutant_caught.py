@@ -38,3 +38,23 @@ def test_mutant_a_loses_writes_and_the_finding_names_gfn_pfn_rule_and_patch(resu
     # L2's kernel lives outside the pressure: the loss is reported by the ledger, not by L2 dying
     assert not any(f["oracle"] == "console" and f["layer"] == "L2" for f in run["findings"])
     assert run["timings"]["first_finding_s"] < run["timings"]["total_s"]
+
+
+def test_mutant_c_fools_the_mark_probe_but_r4_convicts_it_by_the_effect(results_dir):
+    """Mutant c empties kvm_set_page_dirty() under the probed kvm_set_pfn_dirty(): the trace sees every mark
+    called (R1 and R3 pass), but reclaim then drops the pages as clean with no writeback: R4, with gfn and pfn."""
+    p = subprocess.run([sys.executable, "-m", "harness", "run", "--build", "kernels/mutant-c.yaml",
+                        "--set", "stop_on_first_finding=true", "--results", str(results_dir)],
+                       cwd=REPO, capture_output=True, text=True, timeout=3600)
+    (path,) = list(results_dir.iterdir())
+    run = json.loads((path / "run.json").read_text())
+    assert p.returncode == 1 and run["verdict"] == "finding", (run["findings"], p.stderr[-2000:])
+    rules = run["trace"]["rules"]
+    assert rules["R1"]["events_checked"] > 1000 and rules["R1"]["violations"] == 0, rules["R1"]
+    assert rules["R3"]["violations"] == 0 and rules["R4"]["violations"] > 0, rules
+    assert run["trace"]["cut_events"] == 0 and run["trace"]["lost_events"] == 0  # trace-reader: a whole stream
+    r4 = next(f for f in run["findings"] if f.get("kind") == "R4-violation")
+    assert all(e["pfn"] and e["gfn"] >= 0x100000 for e in r4["examples"])
+    named = [f for f in run["findings"] if f.get("kind") == "ledger-timeline" and "R4" in f.get("rules", [])]
+    assert named and all(f["pfn"] is not None for f in named), [f["title"] for f in run["findings"]]
+    assert "dropped clean by reclaim" in " ".join(f["title"] for f in named)
