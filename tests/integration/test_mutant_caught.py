@@ -3,7 +3,8 @@
 Mutant a (patches/mutants/a-tdp-handle-changed-spte: the zap-time dirty mark in the TDP MMU removed) is an
 incremental build on the cached object tree.  On the default scenario the ledger in L2 reads back stale pages
 (an older generation with a valid CRC) on L2's data DIMM, and the trace oracle ties a lost page to the L1 pfn
-that was zapped dirty without a dirty mark (rule R1) and freed without writeback (R3)."""
+that was zapped dirty without a dirty mark (rule R1) and freed without writeback (R3).  Mutant c (the mark itself
+emptied) fools the mark probe, and R4 convicts it by the effect: reclaim dropped the page clean."""
 import json
 import os
 import subprocess
@@ -19,13 +20,19 @@ pytestmark = [
 ]
 
 
-def test_mutant_a_loses_writes_and_the_finding_names_gfn_pfn_rule_and_patch(results_dir):
-    p = subprocess.run([sys.executable, "-m", "harness", "run", "--build", "kernels/mutant-a.yaml",
+def run_to_first_finding(kernel_yaml: str, results_dir) -> dict:
+    """`harness run --build KERNEL.yaml` stopped at the first lost write; asserts it was found, returns run.json."""
+    p = subprocess.run([sys.executable, "-m", "harness", "run", "--build", kernel_yaml,
                         "--set", "stop_on_first_finding=true", "--results", str(results_dir)],
                        cwd=REPO, capture_output=True, text=True, timeout=3600)
     (path,) = list(results_dir.iterdir())
     run = json.loads((path / "run.json").read_text())
     assert p.returncode == 1 and run["verdict"] == "finding", (run["findings"], p.stderr[-2000:])
+    return run
+
+
+def test_mutant_a_loses_writes_and_the_finding_names_gfn_pfn_rule_and_patch(results_dir):
+    run = run_to_first_finding("kernels/mutant-a.yaml", results_dir)
     stale = [f for f in run["findings"] if f["oracle"] == "ledger" and f["kind"] == "stale"]
     assert stale and stale[0]["count"] >= 1, run["findings"]
     page = stale[0]["pages"][0]
@@ -43,12 +50,7 @@ def test_mutant_a_loses_writes_and_the_finding_names_gfn_pfn_rule_and_patch(resu
 def test_mutant_c_fools_the_mark_probe_but_r4_convicts_it_by_the_effect(results_dir):
     """Mutant c empties kvm_set_page_dirty() under the probed kvm_set_pfn_dirty(): the trace sees every mark
     called (R1 and R3 pass), but reclaim then drops the pages as clean with no writeback: R4, with gfn and pfn."""
-    p = subprocess.run([sys.executable, "-m", "harness", "run", "--build", "kernels/mutant-c.yaml",
-                        "--set", "stop_on_first_finding=true", "--results", str(results_dir)],
-                       cwd=REPO, capture_output=True, text=True, timeout=3600)
-    (path,) = list(results_dir.iterdir())
-    run = json.loads((path / "run.json").read_text())
-    assert p.returncode == 1 and run["verdict"] == "finding", (run["findings"], p.stderr[-2000:])
+    run = run_to_first_finding("kernels/mutant-c.yaml", results_dir)
     rules = run["trace"]["rules"]
     assert rules["R1"]["events_checked"] > 1000 and rules["R1"]["violations"] == 0, rules["R1"]
     assert rules["R3"]["violations"] == 0 and rules["R4"]["violations"] > 0, rules
