@@ -125,3 +125,9 @@ def test_default_scenario_passes_on_the_distro_kernel_with_real_swap(results_dir
     assert lg["complete"] and lg["pages_verified"] == lg["pages"] * (lg["rounds"] + 1)
     assert (lg["stale"], lg["zero"], lg["corrupt"]) == (0, 0, 0)
     assert run["accel"]["mode"] in ("kvm", "tcg") and run["accel"]["reason"]
+    # the trace oracle judged the same run: a whole stream, every zap-time rule run on real events, none violated
+    tr = run["trace"]
+    assert tr["ruleset"] == "zap-time" and tr["lost_events"] == 0 and tr["cut_events"] == 0
+    for r in ("R1", "R3", "R4"):
+        assert tr["rules"][r]["ran"] and tr["rules"][r]["events_checked"] >= 10000, (r, tr["rules"][r])
+        assert tr["rules"][r]["violations"] == 0, (r, tr["rules"][r])
