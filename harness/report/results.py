@@ -89,6 +89,8 @@ def summary_text(run: dict) -> str:
             L.append(f"  {name}     {state}")
     t = run.get("timings", {})
     L.append("timings  " + " ".join(f"{k}={v:.1f}" for k, v in t.items() if isinstance(v, (int, float))))
+    for ev in run.get("infra_events", []):
+        L.append(f"infra    {ev}")
     L.append(f"findings {len(run.get('findings', []))}")
     for f in run.get("findings", []):
         L.append(f"  [{f.get('oracle')}/{f.get('layer')}/{f.get('kind')}] {f.get('title')}")

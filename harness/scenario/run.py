@@ -34,6 +34,22 @@ err = Console(stderr=True, highlight=False)
 TCG_BOOT_FLAKE = ("Oops: int3", "sched_clock_cpu")
 
 
+def tcg_l2_crash_without_evidence(run: dict, findings: list[dict]) -> str | None:
+    """Under TCG, L2 crashed while nothing says a write was lost: no ledger finding, no trace rule violated, L1
+    healthy.  Seen on a clean kernel (1 run in the first nightly of issue 6: L2 page-faulted on the first
+    instruction of its timer interrupt entry, then recursively in exc_page_fault, until the entry stack's guard
+    page), i.e. nested paging emulated by QEMU, not the L1 kernel's dirty tracking.  The run is retried once;
+    a second crash is reported.  Never on KVM: on hardware an L2 crash is always evidence.  Returns the crash."""
+    if run.get("accel", {}).get("mode") != "tcg":
+        return None
+    if any(f.get("oracle") in ("ledger", "trace") or (f.get("oracle") == "console" and f.get("layer") != "L2")
+           for f in findings):
+        return None
+    crash = [f for f in findings if f.get("oracle") == "console" and f.get("layer") == "L2"
+             and f.get("kind") not in ("died", "hang")]
+    return crash[0]["title"] if crash else None
+
+
 def log(msg: str) -> None:
     err.print(f"{time.strftime('%H:%M:%S')} {msg}", markup=False)
 
@@ -98,7 +114,21 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     interrupted = False
     log(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
     try:
-        _pipeline(s, meta, run, cdir, timings, findings, t0)
+        for attempt in (1, 2):
+            _pipeline(s, meta, run, cdir, timings, findings, t0)
+            # an injected L2 fault (l2_fault) is meant to crash: never retried
+            crash = (tcg_l2_crash_without_evidence(run, findings) if attempt == 1 and s.l2_fault == "none"
+                     else None)
+            if not crash:
+                break
+            log(f"L2 crashed under TCG with no lost write and no trace violation ({crash}): retrying once")
+            run.setdefault("infra_events", []).append(
+                f"attempt 1: L2 crashed under TCG with no lost write and no trace violation ({crash}); its files "
+                f"are in cases/{case}/attempt1/; retried")
+            _set_aside(cdir, "attempt1")
+            findings.clear()
+            for k in ("l1", "l2", "ledger", "trace"):
+                run[k] = {}
     except KeyboardInterrupt:
         interrupted = True
         findings.append({"oracle": "infra", "layer": "L0", "kind": "interrupted", "title": "run interrupted"})
@@ -130,6 +160,14 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     sys.stdout.write(summary_text(run))
     print(f"verdict: {run['verdict']}  results: {rd.path}")
     return run
+
+
+def _set_aside(cdir: Path, name: str) -> None:
+    """Move a case's files into cdir/name (a retried attempt stays in the results folder, as evidence)."""
+    (cdir / name).mkdir(exist_ok=True)
+    for p in list(cdir.iterdir()):
+        if p.is_file():
+            os.replace(p, cdir / name / p.name)
 
 
 def _pipeline(s: Scenario, meta: dict, run: dict, cdir: Path, timings: dict, findings: list[dict], t0: float) -> None:
