@@ -792,7 +792,7 @@ def bench_trace(size_mb: int = 1024, snippet: str | Path | None = None, vendor: 
     """Synthesize a trace of ~size_mb by repeating a recorded snippet (timestamps left as recorded) and time the
     streaming check on one core.  The trace is generated on the fly, never held whole in memory."""
     from harness.paths import REPO
-    snip = Path(snippet) if snippet else REPO / "tests/fixtures/trace/clean-6.12-amd.txt"
+    snip = Path(snippet) if snippet else REPO / "tests/fixtures/trace/clean-reclaim-6.12-amd.txt"
     block = [ln for ln in snip.read_bytes().split(b"\n") if ln and not ln.startswith(b"#")]
     block_bytes = sum(len(x) + 1 for x in block)
     reps = max(1, (size_mb << 20) // block_bytes)
