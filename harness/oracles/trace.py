@@ -439,8 +439,9 @@ class Checker:
                 self.rules["R2"].checked += 1
                 self.r2_pend.setdefault(pid, []).append([npfn, 1 << (9 * (level - 1)), gfn, n, ts])
 
-    def _dirty_leaf_changed(self, pid: bytes, ts: bytes, n: int, gfn: int, opfn: int, unmapped: bool) -> None:
-        """A present dirty leaf SPTE of opfn became non-present, clean or another pfn (`unmapped`: not clean)."""
+    def _dirty_leaf_changed(self, pid: bytes, ts: bytes, n: int, gfn: int | None, opfn: int, unmapped: bool) -> None:
+        """A present dirty leaf SPTE of opfn became non-present, clean or another pfn (`unmapped`: non-present or
+        another pfn, i.e. KVM no longer maps opfn there; only then can the page be reclaimed behind its back)."""
         if self.r1:
             self.rules["R1"].checked += 1
             self.r1_pend.setdefault(pid, []).append([opfn, gfn, n, ts, None])
