@@ -127,6 +127,8 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
                 f"are in cases/{case}/attempt1/; retried")
             _set_aside(cdir, "attempt1")
             findings.clear()
+            timings.pop("first_finding_s", None)  # attempt 1's crash is not this run's finding
+            timings["attempt1_s"] = round(time.monotonic() - t0, 2)
             for k in ("l1", "l2", "ledger", "trace"):
                 run[k] = {}
     except KeyboardInterrupt:
