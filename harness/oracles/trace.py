@@ -163,10 +163,8 @@ def _field(body: bytes, key: bytes) -> int:
     return int(body[i:j] if j >= 0 else body[i:], 16)
 
 
-def dirty_pfn(name: bytes, body: bytes) -> int:
-    """pfn of a dirty-mark kprobe hit: dirty_pfn has pfn=; dirty_page has page= (struct page *) and vmemmap=."""
-    if name == b"dirty_pfn":
-        return _field(body, b"pfn=")
+def page_pfn(body: bytes) -> int:
+    """pfn of a kprobe hit that recorded a struct page/folio pointer (page=) and the vmemmap base (vmemmap=)."""
     page = _field(body, b"page=")
     try:
         base = _field(body, b"vmemmap=")
@@ -175,7 +173,9 @@ def dirty_pfn(name: bytes, body: bytes) -> int:
     return (page - base) // STRUCT_PAGE
 
 
-page_pfn = dirty_pfn  # reclaim_clean records the folio the same way (page=, vmemmap=)
+def dirty_pfn(name: bytes, body: bytes) -> int:
+    """pfn of a dirty-mark kprobe hit: dirty_pfn has pfn=; dirty_page has page= (struct page *) and vmemmap=."""
+    return _field(body, b"pfn=") if name == b"dirty_pfn" else page_pfn(body)
 
 
 # ---- the streaming checker -----------------------------------------------------------------------------------
@@ -357,7 +357,7 @@ class Checker:
                         ent[3] = True
             elif name == RECLAIM_CLEAN:
                 if self.r4_zapped:
-                    ent = self.r4_zapped.get(page_pfn(name, body))
+                    ent = self.r4_zapped.get(page_pfn(body))
                     if ent:
                         ent[4] = True
             elif name == SHADOW_ZAP:
@@ -705,7 +705,7 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
                     want[g].append(f"{t} pid {_s(pid)} shadow spte zap: {o.short()} -> none")
                     _new_fate(fates, g, o.pfn, t, o.writable and o.dirty)
             elif name == RECLAIM_CLEAN:
-                pfn = page_pfn(name, body)
+                pfn = page_pfn(body)
                 if pfn in pfn_gfn:
                     want[pfn_gfn[pfn]].append(f"{t} reclaim drops pfn {pfn:#x} as clean")
                     _fate(fates, pfn_gfn[pfn], pfn, "dropped_clean")
