@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
-from harness.errors import EXIT_INPUT, HarnessError
+from harness.errors import EXIT_INFRA, EXIT_INPUT, HarnessError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,8 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="print the host's capabilities and what to install or enable")
     d.add_argument("--require-kvm", action="store_true", help="exit 3 unless KVM really runs a kernel")
 
-    rp = sub.add_parser("report", help="re-render summary/JUnit for a results folder")
+    rp = sub.add_parser("report", help="re-render summary/JUnit for a results folder, or judge it again")
     rp.add_argument("run_dir")
+    rp.add_argument("--rejudge", action="store_true",
+                    help="judge the stored run again from its files alone; exit 0 when it agrees, 1 when not")
+    rp.add_argument("--json", action="store_true", help="with --rejudge: print the comparison as JSON")
 
     m = sub.add_parser("matrix", help="run a matrix of kernels x knobs x seeds")
     m.add_argument("matrix_yaml")
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "doctor":
             from harness.vm.doctor import cli_doctor
             return cli_doctor(require_kvm=args.require_kvm)
+        if args.cmd == "report" and args.rejudge:
+            from harness.report.rejudge import cli_rejudge
+            return cli_rejudge(args.run_dir, as_json=args.json)
         if args.cmd == "report":
             from harness.report.results import cli_report
             return cli_report(args.run_dir)
@@ -77,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harness: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
+        print("harness: error: interrupted (SIGINT/SIGTERM); partial results, if any, stay .incomplete",
+              file=sys.stderr)
+        return EXIT_INFRA
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"harness: error: no space left on device writing {e.filename or 'results'}", file=sys.stderr)
+        return EXIT_INFRA
     return EXIT_INPUT

@@ -30,13 +30,19 @@ if [ "$KERNEL_NODE_MB" -gt 0 ]; then
 else
     mem="-m ${L2_MEM_MB} -object $data -machine memory-backend=ram0"
 fi
-rm -f /run/l2.rc /run/l2-console.log
+rm -f /run/l2.rc /run/l2-console.log /run/l2-result.log
 : > /run/l2-console.log
+# The result channel: a virtio-serial port that L2's init and the ledger write every result line to.  A write
+# to it returns only once QEMU has taken the bytes, so nothing is lost at L2's `poweroff -f`, where the tail of
+# the serial console can be (seen: the ledger's done line and init's exit line both missing, QEMU exit 0).
+result="-device virtio-serial-pci,id=vser0 -chardev file,id=result,path=/run/l2-result.log"
+result="$result -device virtserialport,bus=vser0.0,chardev=result,name=harness.result"
+
 # The subshell joins the cgroup first, so QEMU and all its guest memory are charged there.
 setsid sh -c "echo \$\$ > $cg/cgroup.procs; echo \$\$ > /run/l2.pid; renice -n 10 -p \$\$ >/dev/null
   qemu-system-x86_64 -L /usr/share/qemu -enable-kvm -cpu host,-xsave -machine pc $mem -smp $L2_CPUS \
     -nodefaults -no-user-config -vga none -display none -no-reboot \
-    -serial file:/run/l2-console.log -kernel /l2/bzImage -initrd /l2/initramfs.cpio \
+    -serial file:/run/l2-console.log $result -kernel /l2/bzImage -initrd /l2/initramfs.cpio \
     -append '$L2_APPEND' > /run/l2-qemu.log 2>&1
   echo \$? > /run/l2.rc" < /dev/null > /dev/null 2>&1 &
 sleep 0.2

@@ -10,10 +10,10 @@ import os
 import shlex
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS, InputError
+from harness.report.junit import run_junit
 
 SCHEMA = 1
 VERDICT_EXIT = {"pass": EXIT_PASS, "finding": EXIT_FINDING, "infra-error": EXIT_INFRA, "input-error": EXIT_INPUT}
@@ -48,15 +48,6 @@ class RunDir:
         os.replace(self.path, self.final)
         self.path = self.final
         return self.final
-
-
-def verdict_of(findings: list[dict]) -> str:
-    """A real finding (ledger, trace, console crash) beats an infrastructure failure: both are reported."""
-    if any(f.get("oracle") != "infra" for f in findings):
-        return "finding"
-    if findings:
-        return "infra-error"
-    return "pass"
 
 
 def summary_text(run: dict) -> str:
@@ -106,20 +97,7 @@ def summary_text(run: dict) -> str:
 
 def junit_xml(run: dict) -> str:
     """One test case per case folder/run: it passes when the verdict is pass."""
-    cases = run.get("cases") or [{"name": run.get("scenario", {}).get("name", "default"),
-                                  "verdict": run["verdict"], "findings": run.get("findings", []),
-                                  "time": run.get("timings", {}).get("total_s", 0)}]
-    suite = ET.Element("testsuite", name="kvm-dirty-harness", tests=str(len(cases)))
-    fails = 0
-    for c in cases:
-        tc = ET.SubElement(suite, "testcase", classname=run["run_id"], name=c["name"], time=f"{c.get('time', 0):.1f}")
-        if c["verdict"] != c.get("expect", "pass"):
-            fails += 1
-            el = ET.SubElement(tc, "failure" if c["verdict"] == "finding" else "error",
-                               message=f"verdict {c['verdict']}")
-            el.text = "\n".join(f"[{f.get('oracle')}/{f.get('kind')}] {f.get('title')}" for f in c.get("findings", []))
-    suite.set("failures", str(fails))
-    return ET.tostring(suite, encoding="unicode") + "\n"
+    return run_junit(run)
 
 
 def reproduce_sh(argv: list[str], run: dict) -> str:

@@ -3,6 +3,7 @@ collection of L2's console, vmstat samples and end-of-run state.  Every L1 comma
 from __future__ import annotations
 
 import random
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Callable
 
 from harness.config import Scenario
 from harness.errors import InfraError
+from harness.evidence import MonitorEvent
 from harness.oracles import ledger as ledger_oracle
 from harness.vm.ssh import L1Shell
 
@@ -75,134 +77,177 @@ def reclaim_schedule(seed: int) -> random.Random:
     return random.Random(f"reclaim-{seed}")
 
 
+INJECT_CMDS = {"kill-l2-qemu": "pkill -9 -f qemu-system; true",
+               "kill-l1-sshd": "(sleep 0.2; pkill -9 dropbear) >/dev/null 2>&1 &"}
+_L2_INIT = b"HARNESS-L2: init"
+_RC_RE = re.compile(r"^-?\d+$")
+
+
 @dataclass
 class Monitor:
-    """Follows L2's console from L1 (tail -F over SSH), saving it locally and folding ledger events."""
+    """Follows L2's console from L1 (tail -F over SSH), saving it locally and folding ledger events; drives the
+    seeded reclaim schedule; samples vmstat (the L1 heartbeat); ends on L2's end, a stall, a frozen L1 or the
+    wall clock.  It records what it saw (MonitorEvent), never a verdict: the judge decides."""
     sh: L1Shell
     scenario: Scenario
     console_path: Path
     vmstat_path: Path
     timeout_scale: float
+    t_run: float  # the run's start (monotonic): event times are seconds since then
     on_event: Callable[[dict], None] = lambda ev: None
     on_l2_up: Callable[[], None] | None = None  # called once, when L2's init announces itself
+    l1_state: Callable[[], str | None] = lambda: None  # why L1's QEMU cannot answer (stopped, gone), or None
     ledger: ledger_oracle.LedgerResult = field(default_factory=ledger_oracle.LedgerResult)
-    infra: list[dict] = field(default_factory=list)
-    l2_findings: list[dict] = field(default_factory=list)
+    events: list[MonitorEvent] = field(default_factory=list)
     l2_boot_s: float | None = None
     l2_rc: int | None = None
     reclaim_log: list[dict] = field(default_factory=list)
     first_bad_wall: float | None = None  # monotonic time the first bad page reached L0
     stopped_early: bool = False
-    l2_end_wall: float | None = None  # when L0 saw L2's QEMU gone (a crash under a broken L1 is a finding)
+    l2_end_wall: float | None = None  # when L0 saw L2's QEMU gone or hung
     swap_peak_frac: float = 0.0  # swap more than half full drops the swap cache and hides the race
+    injected: bool = False
 
     def run(self, t_start_l2: float, deadline: float) -> None:
         s = self.scenario
-        rng = reclaim_schedule(s.seed)
-        chan = self.sh.stream("tail -n +1 -F /run/l2-console.log 2>/dev/null")
-        buf = b""
-        last_line_t = time.monotonic()
-        last_vmstat = 0.0
-        pending_reclaim: list[float] = []
-        stall = s.timeouts.stall_s * self.timeout_scale
-        boot_limit = s.timeouts.l2_boot_s * self.timeout_scale
+        self._rng = reclaim_schedule(s.seed)
+        self._t_l2 = t_start_l2
+        self._deadline = deadline
+        self._pending_reclaim: list[float] = []
+        self._last_line = self._last_vmstat = time.monotonic()
+        self._last_vmstat = 0.0
+        self._buf = b""
+        stream = self.sh.stream("tail -n +1 -F /run/l2-console.log 2>/dev/null")
         with open(self.console_path, "ab") as con, open(self.vmstat_path, "a") as vm:
             vm.write("t," + ",".join(VMSTAT_KEYS) + "\n")
-            while True:
-                now = time.monotonic()
-                got = False
-                try:
-                    while chan.recv_ready():
-                        data = chan.recv(65536)
-                        if not data:
-                            break
-                        got = True
-                        con.write(data)
-                        buf += data
-                except OSError as e:
-                    raise InfraError(f"SSH connection to L1 lost while following L2's console: {e}")
-                if got:
-                    con.flush()
-                    *lines, buf = buf.split(b"\n")
-                    for raw in lines:
-                        if self.l2_boot_s is None and b"HARNESS-L2: init" in raw:
-                            self.l2_boot_s = now - t_start_l2  # L2's kernel is up and runs our init
-                            if self.on_l2_up:
-                                self.on_l2_up()
-                            last_line_t = time.monotonic()
-                        ev = ledger_oracle.parse_line(raw.decode(errors="replace"))
-                        if not ev:
-                            continue
-                        last_line_t = now
-                        ledger_oracle.feed(self.ledger, ev)
-                        if ev["ev"] == "bad" and self.first_bad_wall is None:
-                            self.first_bad_wall = now
-                        self.on_event(ev)
-                        if ev["ev"] == "window" and s.reclaim.writes_per_window:
-                            # spread the memory.reclaim writes over the window
-                            w = float(ev.get("seconds", 0))
-                            n = s.reclaim.writes_per_window
-                            pending_reclaim += [now + w * (i + 0.5) / n for i in range(n)]
-                if (s.stop_on_first_finding and self.first_bad_wall is not None
-                        and now - self.first_bad_wall > 2):  # a moment to collect the burst's other pages
-                    self.stopped_early = True
-                    return
-                if pending_reclaim and now >= pending_reclaim[0]:
-                    pending_reclaim.pop(0)
-                    mb = rng.randint(s.reclaim.min_mb, s.reclaim.max_mb)
-                    t0 = time.monotonic()
-                    out = self.sh.run(f"echo {mb}M > /sys/fs/cgroup/l2/memory.reclaim 2>&1; echo rc=$?",
-                                      timeout=120, check=False)
-                    self.reclaim_log.append({"t": round(now - t_start_l2, 2), "mb": mb,
-                                             "s": round(time.monotonic() - t0, 2), "out": out.strip()[-80:]})
-                    continue
-                if now - last_vmstat >= 5:
-                    last_vmstat = now
-                    st = parse_vmstat(self.sh.run("cat /proc/vmstat; grep -E '^Swap(Total|Free):' /proc/meminfo"
-                                                  " | tr -d ':kB'", timeout=60))
-                    if st.get("SwapTotal"):
-                        used = 1 - st.get("SwapFree", 0) / st["SwapTotal"]
-                        self.swap_peak_frac = max(self.swap_peak_frac, round(used, 3))
-                    vm.write(f"{now - t_start_l2:.1f}," + ",".join(str(st.get(k, 0)) for k in VMSTAT_KEYS) + "\n")
-                    vm.flush()
-                    rc = self.sh.run("cat /run/l2.rc 2>/dev/null", timeout=30, check=False).strip()
-                    if rc:
-                        self.l2_end_wall = now
-                        self.l2_rc = int(rc) if rc.lstrip("-").isdigit() else -1
-                        self._drain(chan, con)
-                        return
-                if self.ledger.done and now - last_line_t > 3:
-                    # ledger finished; L2 is powering off: give it a moment, then stop following
-                    rc = self.sh.run("cat /run/l2.rc 2>/dev/null", timeout=30, check=False).strip()
-                    if rc or now - last_line_t > 30:
-                        self.l2_rc = int(rc) if rc.lstrip("-").isdigit() else None
-                        self._drain(chan, con)
-                        return
-                if self.l2_boot_s is None and now - t_start_l2 > boot_limit:
-                    self.l2_findings.append({"oracle": "infra", "layer": "L2", "kind": "boot-timeout",
-                                             "title": f"L2 did not start the ledger within {boot_limit:.0f} s"})
-                    return
-                if self.l2_boot_s is not None and not self.ledger.done and now - last_line_t > stall:
-                    # A stall under a kernel under test is evidence (L2 may hang on its own lost writes).
-                    self.l2_findings.append({"oracle": "console", "layer": "L2", "kind": "hang",
-                                             "title": f"L2 stalled: no ledger output for {stall:.0f} s"})
-                    self.l2_end_wall = now  # the hang is known from now on
-                    return
-                if now > deadline:
-                    self.infra.append({"oracle": "infra", "layer": "L0", "kind": "timeout",
-                                       "title": "run exceeded its wall-clock limit"})
-                    return
-                if chan.exit_status_ready() and not chan.recv_ready():
-                    raise InfraError("SSH stream of L2's console ended unexpectedly")
-                if not got:
-                    time.sleep(0.05)
+            while not self._step(stream, con, vm):
+                pass
+            self._drain(stream, con)
 
-    def _drain(self, chan, con) -> None:
-        """Save the console's last bytes; the verdict re-reads the whole saved file, so no parsing here."""
-        time.sleep(0.3)
-        while chan.recv_ready():
-            data = chan.recv(65536)
-            if not data:
-                break
+    def cmd_timeout(self) -> float:
+        """An L1 command's deadline: the scenario's, never past the wall clock, never longer than a stall."""
+        t = self.scenario.timeouts
+        left = self._deadline - time.monotonic()
+        return max(1.0, min(t.l1_cmd_s * self.timeout_scale, t.stall_s * self.timeout_scale, left))
+
+    def _event(self, kind: str, detail: str) -> bool:
+        self.events.append(MonitorEvent(kind=kind, at_s=round(time.monotonic() - self.t_run, 2), detail=detail))
+        return True
+
+    def _step(self, stream, con, vm) -> bool:
+        """One poll; True when following L2 is over."""
+        now = time.monotonic()
+        data = stream.read_ready()
+        if data:
             con.write(data)
-        chan.close()
+            con.flush()
+            self._buf += data
+            *lines, self._buf = self._buf.split(b"\n")
+            for raw in lines:
+                self._on_line(raw, now)
+        s = self.scenario
+        if s.stop_on_first_finding and self.first_bad_wall is not None and now - self.first_bad_wall > 2:
+            self.stopped_early = True  # a moment to collect the burst's other pages, then stop
+            return True
+        if self._pending_reclaim and now >= self._pending_reclaim[0]:
+            self._reclaim(now)
+            return False
+        if now - self._last_vmstat >= 5:
+            self._last_vmstat = now
+            if self._sample(now, vm):
+                return True
+        if self._check_end(now):
+            return True
+        if stream.ended():
+            raise InfraError("SSH stream of L2's console ended unexpectedly")
+        if not data:
+            time.sleep(0.05)
+        return False
+
+    def _on_line(self, raw: bytes, now: float) -> None:
+        if self.l2_boot_s is None and _L2_INIT in raw:
+            self.l2_boot_s = now - self._t_l2  # L2's kernel is up and runs our init
+            if self.on_l2_up:
+                self.on_l2_up()
+            self._last_line = time.monotonic()
+        ev = ledger_oracle.parse_line(raw.decode(errors="replace"))
+        if not ev:
+            return
+        self._last_line = now
+        ledger_oracle.feed(self.ledger, ev)
+        if ev["ev"] == "bad" and self.first_bad_wall is None:
+            self.first_bad_wall = now
+        self.on_event(ev)
+        s = self.scenario
+        if ev["ev"] == "window" and s.reclaim.writes_per_window:
+            w, n = float(ev.get("seconds", 0)), s.reclaim.writes_per_window
+            self._pending_reclaim += [now + w * (i + 0.5) / n for i in range(n)]  # spread over the window
+        if ev["ev"] == "round" and s.inject != "none" and not self.injected and ev["round"] >= s.inject_round:
+            self.injected = True
+            self.sh.run(INJECT_CMDS[s.inject], timeout=self.cmd_timeout(), check=False)
+
+    def _reclaim(self, now: float) -> None:
+        self._pending_reclaim.pop(0)
+        mb = self._rng.randint(self.scenario.reclaim.min_mb, self.scenario.reclaim.max_mb)
+        t0 = time.monotonic()
+        out = self.sh.run(f"echo {mb}M > /sys/fs/cgroup/l2/memory.reclaim 2>&1; echo rc=$?",
+                          timeout=self.cmd_timeout(), check=False)
+        self.reclaim_log.append({"t": round(now - self._t_l2, 2), "mb": mb, "s": round(time.monotonic() - t0, 2),
+                                 "out": out.strip()[-80:]})
+
+    def _sample(self, now: float, vm) -> bool:
+        """The heartbeat: vmstat and swap fill, and whether L2's QEMU has ended.  True when it has."""
+        st = parse_vmstat(self.sh.run("cat /proc/vmstat; grep -E '^Swap(Total|Free):' /proc/meminfo | tr -d ':kB'",
+                                      timeout=self.cmd_timeout()))
+        if st.get("SwapTotal"):
+            self.swap_peak_frac = max(self.swap_peak_frac, round(1 - st.get("SwapFree", 0) / st["SwapTotal"], 3))
+        vm.write(f"{now - self._t_l2:.1f}," + ",".join(str(st.get(k, 0)) for k in VMSTAT_KEYS) + "\n")
+        vm.flush()
+        rc = self._l2_rc()
+        if rc is None:
+            return False
+        self.l2_end_wall, self.l2_rc = now, rc
+        return True
+
+    def _l2_rc(self) -> int | None:
+        rc = self.sh.run("cat /run/l2.rc 2>/dev/null", timeout=self.cmd_timeout(), check=False).strip()
+        return (int(rc) if _RC_RE.match(rc) else -1) if rc else None
+
+    def _check_end(self, now: float) -> bool:
+        t = self.scenario.timeouts
+        if self.ledger.done and now - self._last_line > 3:
+            # the ledger finished; L2 is powering off: give it a moment, then stop following
+            rc = self._l2_rc()
+            if rc is not None or now - self._last_line > 30:
+                self.l2_rc = rc
+                return True
+        boot_limit = t.l2_boot_s * self.timeout_scale
+        if self.l2_boot_s is None and now - self._t_l2 > boot_limit:
+            return self._l1_unwell() or self._event("boot-timeout", f"no init line within {boot_limit:.0f} s")
+        stall = t.stall_s * self.timeout_scale
+        if self.l2_boot_s is not None and not self.ledger.done and now - self._last_line > stall:
+            if self._l1_unwell():
+                return True
+            self.l2_end_wall = now  # the hang is known from now on
+            return self._event("stall", f"no ledger output for {stall:.0f} s while L1 answered")
+        if now > self._deadline:
+            return self._event("wall-clock", f"timeouts.total_s={t.total_s:.0f} s passed while L2 ran")
+        return False
+
+    def _l1_unwell(self) -> bool:
+        """Before blaming L2 for silence: is L1 itself stopped, gone or deaf?  Records why and returns True."""
+        why = self.l1_state()
+        if why:
+            return self._event("l1-qemu-stopped" if "stopped" in why else "l1-qemu-gone", why)
+        deaf = self.sh.responsive(timeout=min(10.0, self.cmd_timeout()))
+        return self._event("l1-unresponsive", f"L1 does not answer over SSH: {deaf}") if deaf else False
+
+    def _drain(self, stream, con) -> None:
+        """Save the console's last bytes; the judge re-reads the whole saved file, so no parsing here."""
+        if not self.sh.broken:
+            time.sleep(0.3)
+            try:
+                con.write(stream.read_ready())
+            except InfraError:
+                pass
+        stream.close()

@@ -137,27 +137,22 @@ class TraceCapture:
         self.thread.start()
 
     def _reader(self) -> None:
-        chan = self.chan
+        stream = self.chan
         buf = b""
         chk = self.checker
         unz = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             with open(self.path, "wb") as out:  # L1's gzip stream, stored as it comes
                 while True:
-                    try:
-                        ready = chan.recv_ready()
-                    except Exception:
-                        ready = False
-                    if not ready:
-                        if chan.exit_status_ready() or chan.closed:
+                    raw = stream.read_ready()
+                    if not raw:
+                        if stream.ended():
                             break
-                        if self.stopping.is_set() and time.monotonic() - self.last_data > 20:
+                        # after stop(): the last batch, unless L1 is gone (its pipe then never ends)
+                        if self.stopping.is_set() and (time.monotonic() - self.last_data > 20 or self.sh.broken):
                             break
                         time.sleep(0.02)
                         continue
-                    raw = chan.recv(1 << 18)
-                    if not raw:
-                        break
                     self.last_data = time.monotonic()
                     if self.truncated:
                         continue
@@ -190,16 +185,16 @@ class TraceCapture:
             return
         self.t_stop = time.monotonic()
         try:
-            first = self.sh.run("/harness/trace-stop.sh", timeout=60, check=False)
+            first = self.sh.run("/harness/trace-stop.sh", check=False)
             self.stop_stats = {k: int(v) for k, v in (ln.split("=", 1) for ln in first.splitlines() if "=" in ln)
                                if v.strip().isdigit()}
         except Exception as e:
             self.error = self.error or f"trace-stop.sh failed: {e}"
         self.stopping.set()
         if self.thread:
-            self.thread.join(timeout=180)
+            self.thread.join(timeout=10 if self.sh.broken else 180)
         try:
-            self.sh.run("DISARM=1 /harness/trace-stop.sh", timeout=60, check=False)
+            self.sh.run("DISARM=1 /harness/trace-stop.sh", check=False)
         except Exception:
             pass
         try:

@@ -109,8 +109,11 @@ class QemuVM:
             return ""
 
     def qmp_quit(self, timeout: float = 10.0) -> None:
-        """Power L1 off through QMP; fall back to killing the process tree."""
+        """Power L1 off through QMP; fall back to killing the process tree.  A stopped QEMU never answers QMP."""
         if not self.alive():
+            return
+        if process_state(self):
+            self.kill()
             return
         try:
             from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -171,3 +174,17 @@ def install_signal_handlers() -> None:
     # A job started in the background by a non-interactive shell (nohup, CI wrappers) inherits SIGINT ignored,
     # and Python then never raises KeyboardInterrupt: an explicit `kill -INT` must still stop the run cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def process_state(vm: "QemuVM") -> str | None:
+    """Why L1's QEMU cannot answer — exited or stopped (SIGSTOP, a debugger) — or None when it runs."""
+    if vm.proc is None:
+        return "L1's QEMU was never started"
+    if vm.proc.poll() is not None:
+        return f"L1's QEMU has exited (code {vm.proc.returncode})"
+    try:
+        if psutil.Process(vm.proc.pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+            return "L1's QEMU is stopped (SIGSTOP or a debugger): L1 cannot run"
+    except psutil.NoSuchProcess:
+        return "L1's QEMU has exited"
+    return None

@@ -1,15 +1,24 @@
-"""SSH into L1 with paramiko: a key pair made per run, L1's host key pinned from its image build."""
+"""SSH into L1 with paramiko: a key pair made per run, L1's host key pinned from its image build.
+
+Every command and every stream has a deadline: a frozen L1 (QEMU stopped, a `memory.reclaim` write that never
+returns, a stuck `cat`) ends in an InfraError naming the command, never in a hang.  Once one deadline passes or
+the connection drops, the shell is marked broken and every later call fails at once, so the rest of a run's
+teardown does not wait a full timeout per command on an L1 that is already known gone.
+"""
 from __future__ import annotations
 
 import base64
 import io
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import paramiko
 
 from harness.errors import InfraError
+
+POLL_S = 0.02
 
 
 def make_run_key() -> paramiko.ECDSAKey:
@@ -35,12 +44,63 @@ class PinnedHostKey(paramiko.MissingHostKeyPolicy):
             raise paramiko.SSHException(f"L1 host key mismatch for {hostname}: got {key.get_fingerprint().hex()}")
 
 
+class Stream:
+    """An L1 command's stdout consumed as it comes: `chunks()` yields bytes until the command ends, the caller
+    stops, or `idle_s` passes with no byte while `alive()` says L1 should still be talking."""
+
+    def __init__(self, chan: paramiko.Channel, what: str):
+        self.chan = chan
+        self.what = what
+
+    def read_ready(self) -> bytes:
+        """Whatever is buffered now (b'' when nothing is); raises InfraError when the channel broke."""
+        out = b""
+        try:
+            while self.chan.recv_ready():
+                data = self.chan.recv(1 << 18)
+                if not data:
+                    break
+                out += data
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            raise InfraError(f"SSH stream '{self.what}' from L1 broke: {e}") from None
+        return out
+
+    def ended(self) -> bool:
+        return self.chan.closed or (self.chan.exit_status_ready() and not self.chan.recv_ready())
+
+    def lines(self, deadline: float, stop: Callable[[], bool] = lambda: False) -> Iterator[bytes]:
+        """Complete lines until the stream ends, `stop()` or the deadline (monotonic); the last partial line
+        is yielded at the end."""
+        buf = b""
+        while not stop() and time.monotonic() < deadline:
+            data = self.read_ready()
+            if data:
+                buf += data
+                *whole, buf = buf.split(b"\n")
+                yield from whole
+            elif self.ended():
+                break
+            else:
+                time.sleep(POLL_S)
+        buf += self.read_ready()
+        yield from (ln for ln in buf.split(b"\n") if ln)
+
+    def close(self) -> None:
+        try:
+            self.chan.close()
+        except Exception:  # closing a channel of a dead transport
+            pass
+
+
 @dataclass
 class L1Shell:
     port: int
     key: paramiko.PKey
     host_key_pub: str
     client: paramiko.SSHClient | None = None
+    default_timeout: float = 60.0
+    broken: str | None = None  # why the shell is unusable (first deadline or connection loss)
+    streams: list[Stream] = field(default_factory=list)
 
     def connect(self, timeout: float, alive=lambda: True) -> float:
         """Retry until L1's dropbear answers; return seconds waited."""
@@ -63,46 +123,85 @@ class L1Shell:
                 time.sleep(0.5)
         raise InfraError(f"SSH to L1 did not come up within {timeout:.0f} s ({last})")
 
-    def run(self, cmd: str, timeout: float = 60.0, check: bool = True, stdin: bytes | None = None) -> str:
-        if self.client is None or not self.client.get_transport() or not self.client.get_transport().is_active():
-            raise InfraError("SSH connection to L1 lost")
+    def _transport(self, what: str) -> paramiko.Transport:
+        if self.broken:
+            raise InfraError(f"L1 unusable ({self.broken}); not running '{what[:80]}'")
+        t = self.client.get_transport() if self.client else None
+        if t is None or not t.is_active():
+            self.broken = "SSH connection to L1 lost"
+            raise InfraError(f"SSH connection to L1 lost before '{what[:80]}'")
+        return t
+
+    def _open(self, what: str, timeout: float) -> paramiko.Channel:
         try:
-            chan = self.client.get_transport().open_session(timeout=10)
-            chan.settimeout(timeout)
+            return self._transport(what).open_session(timeout=min(10.0, max(timeout, 1.0)))
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            self.broken = f"no new SSH channel: {e}"
+            raise InfraError(f"L1 did not open an SSH channel for '{what[:80]}': {e}") from None
+
+    def run(self, cmd: str, timeout: float | None = None, check: bool = True, stdin: bytes | None = None) -> str:
+        """Run `cmd` in L1; InfraError when it has not ended `timeout` seconds after it was sent."""
+        timeout = self.default_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        chan = self._open(cmd, timeout)
+        out, err = io.BytesIO(), io.BytesIO()
+        try:
+            chan.settimeout(max(0.1, timeout))
             chan.exec_command(cmd)
             if stdin is not None:
                 chan.sendall(stdin)
                 chan.shutdown_write()
-            out, err = io.BytesIO(), io.BytesIO()
             while True:
                 if chan.recv_ready():
                     out.write(chan.recv(65536))
                 elif chan.recv_stderr_ready():
                     err.write(chan.recv_stderr(65536))
-                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                elif chan.exit_status_ready():
                     break
+                elif time.monotonic() > deadline:
+                    raise socket.timeout
                 else:
-                    time.sleep(0.01)
+                    time.sleep(POLL_S)
             rc = chan.recv_exit_status()
-            chan.close()
         except (socket.timeout, TimeoutError):
-            raise InfraError(f"L1 command timed out after {timeout:.0f} s: {cmd[:120]}")
+            self.broken = f"'{cmd[:60]}' did not end within {timeout:.0f} s"
+            raise InfraError(f"L1 command timed out after {timeout:.0f} s: {cmd[:120]}") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise InfraError(f"SSH connection to L1 lost during '{cmd[:80]}': {e}")
+            self.broken = f"SSH connection lost: {e}"
+            raise InfraError(f"SSH connection to L1 lost during '{cmd[:80]}': {e}") from None
+        finally:
+            chan.close()
         text = out.getvalue().decode(errors="replace")
         if check and rc != 0:
             raise InfraError(f"L1 command failed (exit {rc}): {cmd[:120]}: {err.getvalue().decode(errors='replace').strip()[-300:]}")
         return text
 
-    def stream(self, cmd: str) -> paramiko.Channel:
-        """A channel whose stdout is consumed incrementally (L2 console, trace pipe)."""
-        if self.client is None:
-            raise InfraError("SSH connection to L1 lost")
-        chan = self.client.get_transport().open_session(timeout=10)
+    def try_run(self, cmd: str, timeout: float | None = None) -> tuple[str | None, str | None]:
+        """(output, None), or (None, why) when L1 could not answer: for facts a run records but can live without."""
+        try:
+            return self.run(cmd, timeout=timeout, check=False), None
+        except InfraError as e:
+            return None, str(e)
+
+    def responsive(self, timeout: float = 10.0) -> str | None:
+        """None when L1 answers a trivial command within `timeout`; else why not."""
+        try:
+            self.run("true", timeout=timeout)
+            return None
+        except InfraError as e:
+            return str(e)
+
+    def stream(self, cmd: str) -> Stream:
+        """A command whose stdout is consumed incrementally (L2 console, trace pipe)."""
+        chan = self._open(cmd, 10)
         chan.exec_command(cmd)
         chan.settimeout(0.0)
-        return chan
+        s = Stream(chan, cmd[:60])
+        self.streams.append(s)
+        return s
 
     def close(self) -> None:
+        for s in self.streams:
+            s.close()
         if self.client:
             self.client.close()
