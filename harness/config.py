@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.errors import InputError
+from harness.yamlload import load_model, parse_model
 
 
 class Strict(BaseModel):
@@ -67,8 +66,9 @@ class Timeouts(Strict):
     """Seconds under TCG; scaled down when KVM is usable."""
     l1_boot_s: float = 90
     l2_boot_s: float = 120
-    stall_s: float = 240  # no ledger line for this long → L2 hang
-    total_s: float = 900
+    stall_s: float = 240  # no ledger line for this long → L2 hang (or, when L1 does not answer, L1 frozen)
+    total_s: float = 900  # the wall clock: it ends the run whatever the run is waiting on
+    l1_cmd_s: float = Field(60, gt=0)  # every L1 command's deadline (capped by what is left of total_s)
 
 
 class Scenario(Strict):
@@ -96,6 +96,10 @@ class Scenario(Strict):
     thresholds: Thresholds = Thresholds()
     timeouts: Timeouts = Timeouts()
     l2_fault: Literal["none", "panic"] = "none"  # panic: L2 writes 'c' to /proc/sysrq-trigger mid-workload
+    # Faults of the machinery, injected by the harness itself once the ledger reports round `inject_round`
+    # (the fault-injection tests): each must end in a named infrastructure verdict, never a finding or a hang.
+    inject: Literal["none", "kill-l2-qemu", "kill-l1-sshd"] = "none"
+    inject_round: int = Field(1, ge=0)
     # Matrix cells expected to find stop at the first lost write (time to catch is what they measure).
     stop_on_first_finding: bool = False
 
@@ -126,64 +130,9 @@ class Scenario(Strict):
         return self.ledger.size_mb * 256
 
 
-def _line_index(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
-    """Map each key path to its 1-based line in the YAML text."""
-    out: dict[tuple, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            p = path + (k.value,)
-            out[p] = k.start_mark.line + 1
-            out.update(_line_index(v, p))
-    return out
-
-
-def _set_path(d: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-        if not isinstance(d, dict):
-            raise InputError(f"--set {dotted}: '{k}' is not a section")
-    d[keys[-1]] = value
-
-
 def parse_scenario(text: str, source: str = "<scenario>", overrides: list[str] | None = None) -> Scenario:
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text) if node is not None else {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise InputError(f"{where}: malformed YAML: {getattr(e, 'problem', None) or e}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: a scenario must be a YAML mapping")
-    lines = _line_index(node) if node is not None else {}
-    set_by: dict[tuple, str] = {}  # key path → the --set that gave it its value (errors blame the --set)
-    for ov in overrides or []:
-        if "=" not in ov:
-            raise InputError(f"--set {ov}: expected KEY=VALUE")
-        k, v = ov.split("=", 1)
-        _set_path(data, k, yaml.safe_load(v))
-        set_by[tuple(k.split("."))] = ov
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(str(x) for x in err["loc"])
-        ov = next((set_by[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in set_by), None)
-        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
-        where = f"--set {ov}" if ov else f"{source}:{line}" if line else source
-        key = ".".join(loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            raise InputError(f"{where}: unknown key '{key}'") from None
-        raise InputError(f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r})") from None
+    return parse_model(text, source, Scenario, overrides or ())
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise InputError(f"cannot read scenario {p}: {e.strerror}") from None
-    return parse_scenario(text, str(p), overrides)
+    return load_model(path, Scenario, overrides or (), what="scenario")

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness.config import load_scenario
 from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_PASS, InputError
 from harness.paths import results_root
-from harness.report.results import atomic_write, write_json
+from harness.report.junit import matrix_junit
+from harness.report.results import RunDir, atomic_write, write_json
+from harness.yamlload import load_model
 
 Expect = Literal["clean", "finding", "hardware-only"]
 
@@ -69,12 +70,19 @@ class Cell:
         return f"{self.kernel}[{knobs}]" + (f"@seed{self.seed}" if self.seed is not None else "")
 
     @property
+    def retries(self) -> int:
+        """Attempts retried under TCG (an L2 crash with no evidence of a lost write): counted, never hidden."""
+        return sum(r.get("attempts", 1) - 1 for r in self.runs)
+
+    @property
     def outcome(self) -> str:
         if self.expect == "hardware-only" and not self.runs:
             return "skipped"
         verdicts = [r["verdict"] for r in self.runs]
         if "finding" in verdicts:
             return "finding"
+        if self.retries > 1:
+            return "flaky"  # retried more than once: something to look at, not a pass
         if verdicts and all(v == "pass" for v in verdicts):
             return "clean"
         return "infra" if verdicts else "not-run"
@@ -85,16 +93,7 @@ class Cell:
 
 
 def load_matrix(path: Path) -> Matrix:
-    try:
-        data = yaml.safe_load(path.read_text())
-        m = Matrix.model_validate(data)
-    except OSError as e:
-        raise InputError(f"cannot read matrix {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: malformed YAML: {e}") from None
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise InputError(f"{path}: key '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+    m = load_model(path, Matrix, what="matrix")
     for g in m.groups:
         for k in g.kernels:
             if k not in m.kernels:
@@ -155,8 +154,23 @@ def score(m: Matrix, cells: list[Cell]) -> dict:
         ttc[k] = {"runs_caught": len(times), "median_s": times[len(times) // 2] if times else None,
                   "min_s": times[0] if times else None}
     return {"mutants": sorted(mutants), "runnable_mutants": sorted(runnable), "caught": sorted(caught),
+            "retries": retry_rates(cells),
             "mutation_score": (len(caught) / len(runnable)) if runnable else None, "false_positives": fp,
             "time_to_catch": ttc, "cells_ok": sum(c.ok for c in cells), "cells": len(cells)}
+
+
+def retry_rates(cells: list[Cell]) -> dict:
+    """TCG retries per kernel and MMU: retried attempts / runs, so a rising rate is seen, not absorbed."""
+    out: dict[str, dict] = {}
+    for c in cells:
+        for r in c.runs:
+            key = f"{c.kernel} tdp_mmu={'N' if r.get('tdp_mmu') is False else 'Y'}"
+            e = out.setdefault(key, {"runs": 0, "retried": 0})
+            e["runs"] += 1
+            e["retried"] += r.get("attempts", 1) - 1
+    for e in out.values():
+        e["rate"] = round(e["retried"] / e["runs"], 3) if e["runs"] else 0.0
+    return out
 
 
 def summary(m: Matrix, cells: list[Cell], sc: dict) -> str:
@@ -164,11 +178,13 @@ def summary(m: Matrix, cells: list[Cell], sc: dict) -> str:
     ms_text = "n/a" if ms is None else f"{100 * ms:.0f} %"
     L = [f"matrix {m.name}: {sc['cells_ok']}/{sc['cells']} cells as expected; mutation score {ms_text} "
          f"({len(sc['caught'])}/{len(sc['runnable_mutants'])}); false positives {sc['false_positives']}", ""]
-    L.append(f"{'cell':58} {'expect':14} {'outcome':9} runs  first finding")
+    L.append(f"{'cell':58} {'expect':14} {'outcome':9} runs retried  first finding")
     for c in cells:
         ff = [r.get("first_finding_s") for r in c.runs if r.get("first_finding_s") is not None]
-        L.append(f"{c.name:58} {c.expect:14} {c.outcome:9} {len(c.runs):4}  "
+        L.append(f"{c.name:58} {c.expect:14} {c.outcome:9} {len(c.runs):4} {c.retries:7}  "
                  f"{(str(ff[0]) + ' s') if ff else '-':>8} {'' if c.ok else '  <-- MISMATCH'}")
+    L += ["", "TCG retries (an L2 crash with no lost write, run again) per kernel and MMU:"]
+    L += [f"  {k:40} {e['retried']}/{e['runs']} runs ({100 * e['rate']:.0f} %)" for k, e in sc["retries"].items()]
     L += ["", "evidence (first catching run of each cell):"]
     for c in cells:
         r = next((r for r in c.runs if r.get("evidence")), None)
@@ -182,18 +198,7 @@ def summary(m: Matrix, cells: list[Cell], sc: dict) -> str:
 
 
 def junit(m: Matrix, cells: list[Cell]) -> str:
-    import xml.etree.ElementTree as ET
-    suite = ET.Element("testsuite", name=f"matrix-{m.name}", tests=str(len(cells)),
-                       failures=str(sum(not c.ok for c in cells)))
-    for c in cells:
-        t = sum(r.get("total_s", 0) for r in c.runs)
-        tc = ET.SubElement(suite, "testcase", classname=m.name, name=c.name, time=f"{t:.1f}")
-        if c.outcome == "skipped":
-            ET.SubElement(tc, "skipped", message="hardware-only: needs bare-metal KVM")
-        elif not c.ok:
-            f = ET.SubElement(tc, "failure", message=f"expected {c.expect}, got {c.outcome}")
-            f.text = "\n".join(f"{r['run_dir']}: {r['verdict']} {r.get('titles')}" for r in c.runs)
-    return ET.tostring(suite, encoding="unicode") + "\n"
+    return matrix_junit(m.name, cells)
 
 
 def heatmap(cells: list[Cell], out: Path) -> None:
@@ -205,7 +210,7 @@ def heatmap(cells: list[Cell], out: Path) -> None:
     variants = list(dict.fromkeys(json.dumps(c.variant, sort_keys=True) for c in cells))
     grid = [[float("nan")] * len(variants) for _ in kernels]
     labels = [[""] * len(variants) for _ in kernels]
-    code = {"clean": 0, "finding": 1, "infra": 2, "not-run": 3, "skipped": 3}
+    code = {"clean": 0, "finding": 1, "infra": 2, "flaky": 2, "not-run": 3, "skipped": 3}
     for c in cells:
         i, j = kernels.index(c.kernel), variants.index(json.dumps(c.variant, sort_keys=True))
         grid[i][j] = code[c.outcome]
@@ -228,7 +233,8 @@ def heatmap(cells: list[Cell], out: Path) -> None:
 def save(mdir: Path, m: Matrix, cells: list[Cell]) -> dict:
     sc = score(m, cells)
     write_json(mdir / "matrix.json", {"name": m.name, "score": sc,
-                                      "cells": [c.__dict__ | {"outcome": c.outcome, "ok": c.ok} for c in cells]})
+                                      "cells": [c.__dict__ | {"outcome": c.outcome, "ok": c.ok, "retries": c.retries}
+                                                for c in cells]})
     return sc
 
 
@@ -241,8 +247,13 @@ def cli_matrix(args) -> int:
     for c in cells:  # every variant must be a valid scenario: fail now, not an hour in
         load_scenario(mpath.parent / m.scenario, overrides_of(c.variant))
     root = Path(args.results) if args.results else results_root()
-    final = root / f"matrix-{time.strftime('%Y%m%d-%H%M%S')}-{m.name}"
-    mdir = final.with_name(final.name + ".incomplete")  # renamed when every cell has run
+    from harness.scenario.run import check_free_space
+    from harness.vm.qemu import install_signal_handlers
+    check_free_space(root, base)
+    install_signal_handlers()  # SIGTERM during a kernel build stops the matrix too
+    # the same lifecycle as a run's folder: .incomplete until every cell has run
+    rd = RunDir(root, f"matrix-{time.strftime('%Y%m%d-%H%M%S')}-{m.name}")
+    final, mdir = rd.final, rd.path
     (mdir / "runs").mkdir(parents=True)
     kernels: dict[str, dict] = {}
     for c in cells:
@@ -264,6 +275,7 @@ def cli_matrix(args) -> int:
                            "first_finding_s": run["timings"].get("first_finding_s"),
                            "total_s": run["timings"].get("total_s", 0),
                            "titles": [f["title"] for f in run["findings"]][:5],
+                           "attempts": run.get("attempts", 1), "tdp_mmu": run.get("l1", {}).get("tdp_mmu"),
                            "evidence": evidence(run["findings"])})
             if run.get("interrupted"):
                 # Ctrl-C / SIGTERM stops the whole matrix; the folder stays .incomplete with what it measured
@@ -277,7 +289,7 @@ def cli_matrix(args) -> int:
     atomic_write(mdir / "summary.txt", summary(m, cells, sc))
     atomic_write(mdir / "junit.xml", junit(m, cells))
     heatmap(cells, mdir / "heatmap.png")
-    mdir.rename(final)
+    rd.finish()
     print(summary(m, cells, sc))
     print(f"matrix results: {final}")
     return EXIT_PASS if all(c.ok for c in cells) else EXIT_FINDING

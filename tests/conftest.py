@@ -8,6 +8,11 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/fixtures/console-golden.json from the current console classifier")
+
+
 @pytest.fixture
 def results_dir(tmp_path):
     d = tmp_path / "results"

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.errors import InfraError, InputError
 from harness.paths import cache_dir
+from harness.yamlload import load_model, parse_model
 
 # Fixed identity for the synthetic base commit: the same tree always gives the same commit id.
 GIT_ENV = {
@@ -105,43 +105,13 @@ class KernelInputs:
         return q if q.is_absolute() else (self.root / q).resolve()
 
 
-def _fmt_validation(e: ValidationError, where: str) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).endswith("Base") and x not in
-                       ("str", "B4Series", "function-after[_one_base(), union[DebianBase,TarballBase,GitBase]]"))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        parts.append(f"{loc or '(top)'}: {msg}")
-    # dedupe, keep order
-    seen: list[str] = []
-    for p in parts:
-        if p not in seen:
-            seen.append(p)
-    return f"{where}: " + "; ".join(seen)
-
-
 def parse_kernel_yaml(text: str, where: str = "KERNEL.yaml") -> KernelSpec:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"{where}: not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: must be a mapping with at least 'base'")
-    try:
-        return KernelSpec.model_validate(data)
-    except ValidationError as e:
-        raise InputError(_fmt_validation(e, where)) from None
+    return parse_model(text, where, KernelSpec)
 
 
 def load_kernel_yaml(path: Path) -> KernelInputs:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"kernel spec not found: {path}")
-    return KernelInputs(parse_kernel_yaml(path.read_text(), str(path)), path.resolve())
+    return KernelInputs(load_model(path, KernelSpec, what="kernel spec"), path.resolve())
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.oracles import console
+from harness.bench import bench_console
+from harness.oracles import console, console_rules
 from harness.oracles.console import Report, classify, classify_all, cli_classify, taint_flags
+from harness.oracles.console_golden import parse_case
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared/testdata/console"
 
@@ -51,16 +53,6 @@ def expected_kinds(type_: str) -> frozenset[str] | None:
             if best is None or len(key) > len(best[0]):
                 best = (key, kinds)
     return best[1] if best else None
-
-
-def parse_case(path: Path) -> tuple[dict[str, str], str]:
-    raw = path.read_bytes().decode("utf-8", errors="replace")
-    head, _, body = raw.partition("\n\n")
-    labels: dict[str, str] = {}
-    for line in head.splitlines():
-        key, _, value = line.partition(":")
-        labels.setdefault(key.strip(), value.strip())
-    return labels, body
 
 
 CASES = sorted(DATA.glob("*.log")) if DATA.is_dir() else []
@@ -450,7 +442,7 @@ def test_taint_flags_rejects_negative():
 
 
 def test_bench_small():
-    res = console.bench_classify(size_mb=1)
+    res = bench_console(size_mb=1)
     assert res["size_mb"] >= 0.9 and res["seconds"] < 1.0
     assert res["kind"] == "warning"
 
@@ -460,3 +452,29 @@ def test_report_is_frozen():
     assert isinstance(rep, Report)
     with pytest.raises(Exception):
         rep.kind = "x"  # type: ignore[misc]
+
+
+def test_rule_table_is_well_formed():
+    names = [r.name for r in console_rules.RULES]
+    assert len(names) == len(set(names))
+    for r in console_rules.RULES + (console_rules.REBOOT,):
+        assert r.hot, f"{r.name}: no hot word locates it"
+        assert all(w.text and w.text.isprintable() for w in r.hot), r.name
+        if isinstance(r.kind, str):
+            assert r.kind in console.KINDS, (r.name, r.kind)
+    # the prefilter is exactly what the records declare
+    assert set(console_rules.HOT_WORDS) == {w for r in console_rules.RULES for w in r.hot}
+    assert not {w.text for w in console_rules.REBOOT.hot} & {w.text for w in console_rules.HOT_WORDS}
+
+
+@needs_data
+def test_every_header_match_holds_one_of_its_hot_words():
+    """Lines are only looked at for their hot words, so a header matching without one of them would be missed."""
+    bad = []
+    texts = [parse_case(p)[1] for p in CASES] + [s[1] for s in SNIPPETS]
+    for text in texts:
+        for line in text.splitlines():
+            for r in console_rules.RULES:
+                if r.header.search(line) and not any(w.text in line for w in r.hot):
+                    bad.append(f"{r.name}: {line[:120]!r}")
+    assert not bad, "\n".join(bad[:20])
