@@ -25,7 +25,8 @@ def rejudge(run_dir: Path) -> dict:
     new = [(f.oracle, f.layer, f.kind, f.title) for f in j.findings]
     return {"run_dir": str(run_dir), "recorded": {"verdict": run.get("verdict"), "findings": len(old),
                                                   "judge_version": run.get("judge_version")},
-            "rejudged": {"verdict": j.verdict, "findings": len(new), "judge_version": j.judge_version},
+            "rejudged": {"verdict": j.verdict, "findings": len(new), "judge_version": j.judge_version,
+                         "retry": j.retry},
             "agree": run.get("verdict") == j.verdict and sorted(map(str, old)) == sorted(map(str, new)),
             "only_recorded": [" / ".join(map(str, f)) for f in old if f not in new],
             "only_rejudged": [" / ".join(map(str, f)) for f in new if f not in old],

@@ -21,6 +21,7 @@ from harness.images.l2 import build_l2_image
 from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
 from harness.oracles import judge as judge_mod
 from harness.oracles import ledger as ledger_oracle
+from harness.report.progress import RunProgress
 from harness.report.results import atomic_write
 from harness.scenario import l1host
 from harness.vm import qemu
@@ -40,9 +41,10 @@ def new_evidence(s: Scenario, case: str, patch: str | None) -> CaseEvidence:
                         info={"accel": {}, "l1": {}, "l2": {}, "timings": {}, "kernel_meta": {}})
 
 
-def run_case(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvidence, log, wall=None) -> CaseEvidence:
-    """Fill `ev` (created by the caller, so an interrupt still leaves what was measured).  `wall()` says why
-    the wall-clock watchdog ended the run, or None."""
+def run_case(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvidence, log: RunProgress,
+             wall=None) -> CaseEvidence:
+    """Fill `ev` (created by the caller, so an interrupt still leaves what was measured).  `log` prints events
+    and shows progress; `wall()` says why the wall-clock watchdog ended the run, or None."""
     try:
         _boot_and_drive(s, meta, cdir, t0, ev, log)
     except HarnessError as e:
@@ -76,6 +78,7 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
     ev.accel_mode = accel.mode
     log(f"accelerator: {accel.mode} ({accel.reason})")
     t = time.monotonic()
+    log.phase("images")
     l2img = build_l2_image()
     # L2 is only the guest: it always runs Debian's prebuilt 6.12 (memory hotplug for its data node, NUMA), so
     # that every kernel under test (L1) faces the same guest.
@@ -96,6 +99,7 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
         spec = qemu.VMSpec(kdir / "bzImage", l1img.initramfs, cmdline, accel.qemu_args, s.l1.memory_mb,
                            s.l1.cpus, swap)
         t_guest = time.monotonic()
+        log.phase("L1 boot")
         vm = _boot_l1(spec, cdir, s, accel, ev)
         log(f"L1 up in {timings['l1_boot_s']} s; SSH on 127.0.0.1:{vm.ssh_port}")
         sh = L1Shell(vm.ssh_port, key, l1img.host_key_pub, default_timeout=s.timeouts.l1_cmd_s * accel.timeout_scale)
@@ -132,6 +136,7 @@ def _boot_l1(spec, cdir: Path, s: Scenario, accel, ev: CaseEvidence) -> qemu.Qem
 
 
 def _setup_l1(s: Scenario, ev: CaseEvidence, sh: L1Shell, scale: float, log) -> None:
+    log.phase("L1 set-up")
     t = time.monotonic()
     facts = l1host.parse_kv(sh.run(f"{l1host.env_prefix(l1host.setup_env(s))} /harness/setup-host.sh",
                                    timeout=120 * scale))
@@ -167,28 +172,22 @@ def _drive_l1(s: Scenario, ev: CaseEvidence, cdir: Path, sh: L1Shell, vm, scale:
     sh.run(f"{l1host.env_prefix(env2)} /harness/start-l2.sh", timeout=60 * scale)
     log(f"L2 started: {s.l2_memory_mb} MiB RAM ({s.memory_backend}), cgroup memory.max={s.memory_max_mb} MiB, "
         f"ledger {s.ledger.size_mb} MiB x {s.ledger.rounds} rounds")
-    mon = l1host.Monitor(sh, s, cdir / "l2-console.log", cdir / "vmstat.csv", scale, t0, _progress(log),
-                         on_l2_up=tracer.start if tracer else None, l1_state=lambda: qemu.process_state(vm))
+    log.phase("L2 boot")
+    mon = l1host.Monitor(sh, s, cdir / "l2-console.log", cdir / "vmstat.csv", scale, t0, log.ledger,
+                         on_l2_up=tracer.start if tracer else None, l1_state=lambda: qemu.process_state(vm),
+                         on_sample=log.sample)
     try:
         mon.run(t_l2, deadline)
     finally:
         if tracer:
             tracer.stop()
         _monitor_facts(ev, mon, t_l2, t0)
+    log.phase("collect")
     _collect_end(ev, cdir, sh, before)
     if tracer:
         res = ledger_oracle.parse_console(judge_mod.ledger_stream(ev, judge_mod.load_logs(cdir)))
         ev.trace_findings = [Finding(**f) for f in tracer.judge(res)]
         ev.trace = tracer.run.get("trace", {})
-
-
-def _progress(log):
-    def progress(ev: dict) -> None:
-        if ev["ev"] in ("round", "done", "selftest"):
-            log("ledger: " + " ".join(f"{k}={v}" for k, v in ev.items() if k != "ev") + f" [{ev['ev']}]")
-        elif ev["ev"] == "bad":
-            log(f"ledger: BAD PAGE {ev}")
-    return progress
 
 
 def _monitor_facts(ev: CaseEvidence, mon: l1host.Monitor, t_l2: float, t0: float) -> None:

@@ -18,6 +18,8 @@ from harness.vm.ssh import L1Shell
 
 VMSTAT_KEYS = ("pswpin", "pswpout", "pgmajfault", "swap_ra", "swap_ra_hit", "pgsteal_anon", "pgscan_anon",
                "workingset_refault_anon", "thp_fault_alloc", "pgfault")
+# vmstat.csv: the counters plus L2's cgroup memory.current (bytes), for the timeline plot
+CSV_KEYS = VMSTAT_KEYS + ("memory_current",)
 
 
 def parse_kv(text: str, sep: str = "=") -> dict[str, str]:
@@ -97,6 +99,7 @@ class Monitor:
     on_event: Callable[[dict], None] = lambda ev: None
     on_l2_up: Callable[[], None] | None = None  # called once, when L2's init announces itself
     l1_state: Callable[[], str | None] = lambda: None  # why L1's QEMU cannot answer (stopped, gone), or None
+    on_sample: Callable[[float, dict], None] = lambda t, st: None  # each vmstat sample (live progress)
     ledger: ledger_oracle.LedgerResult = field(default_factory=ledger_oracle.LedgerResult)
     events: list[MonitorEvent] = field(default_factory=list)
     l2_boot_s: float | None = None
@@ -119,7 +122,7 @@ class Monitor:
         self._buf = b""
         stream = self.sh.stream("tail -n +1 -F /run/l2-console.log 2>/dev/null")
         with open(self.console_path, "ab") as con, open(self.vmstat_path, "a") as vm:
-            vm.write("t," + ",".join(VMSTAT_KEYS) + "\n")
+            vm.write("t," + ",".join(CSV_KEYS) + "\n")
             while not self._step(stream, con, vm):
                 pass
             self._drain(stream, con)
@@ -197,12 +200,14 @@ class Monitor:
 
     def _sample(self, now: float, vm) -> bool:
         """The heartbeat: vmstat and swap fill, and whether L2's QEMU has ended.  True when it has."""
-        st = parse_vmstat(self.sh.run("cat /proc/vmstat; grep -E '^Swap(Total|Free):' /proc/meminfo | tr -d ':kB'",
+        st = parse_vmstat(self.sh.run("cat /proc/vmstat; grep -E '^Swap(Total|Free):' /proc/meminfo | tr -d ':kB';"
+                                      " echo memory_current $(cat /sys/fs/cgroup/l2/memory.current)",
                                       timeout=self.cmd_timeout()))
         if st.get("SwapTotal"):
             self.swap_peak_frac = max(self.swap_peak_frac, round(1 - st.get("SwapFree", 0) / st["SwapTotal"], 3))
-        vm.write(f"{now - self._t_l2:.1f}," + ",".join(str(st.get(k, 0)) for k in VMSTAT_KEYS) + "\n")
+        vm.write(f"{now - self._t_l2:.1f}," + ",".join(str(st.get(k, 0)) for k in CSV_KEYS) + "\n")
         vm.flush()
+        self.on_sample(now - self._t_l2, st)
         rc = self._l2_rc()
         if rc is None:
             return False

@@ -23,10 +23,12 @@ from harness.oracles import judge as judge_mod
 from harness.paths import REPO, results_root
 from harness.report.results import (VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, reproduce_sh,
                                     summary_text, write_json)
+from harness.report.progress import RunProgress
 from harness.scenario.case import new_evidence, run_case
 from harness.vm import qemu
 
-err = Console(stderr=True, highlight=False)
+# soft_wrap: a log (no tty) gets one line per event, never wrapped at 80 columns
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def log(msg: str) -> None:
@@ -40,6 +42,9 @@ def resolve_kernel(args) -> dict:
         return load_kernel_dir(Path(path))
     if getattr(args, "kernel", None):
         p = Path(args.kernel)
+        if args.kernel.startswith("debian:") and not p.is_dir():   # debian:7.2, debian:7.2.13, debian:7.2.13-1
+            from harness.kernel.debian import ensure_debian_kernel
+            return load_kernel_dir(ensure_debian_kernel(args.kernel.removeprefix("debian:")))
         if not p.is_dir():
             raise InputError(f"kernel folder {p} does not exist")
         return load_kernel_dir(p)
@@ -121,27 +126,30 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     kernel = kernel_identity(meta)
     patches = kernel.get("patches") or []
     patch = patches[-1].get("subject") if patches else "none (unpatched kernel)"
-    log(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
+    progress = RunProgress(rd.run_id, s.ledger.rounds, err)
+    progress(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
     ev, verdict, interrupted, infra_events, attempt1_s = new_evidence(s, case, patch), None, False, [], None
     with WallClock(s.timeouts.total_s) as wall:
         for attempt in (1, 2):
             ev = new_evidence(s, case, patch)
             ev.info["kernel_meta"] = kernel
             try:
-                run_case(s, meta, cdir, t0, ev, log, wall=lambda: wall.fired)
+                run_case(s, meta, cdir, t0, ev, progress, wall=lambda: wall.fired)
             except KeyboardInterrupt:
                 interrupted = True
                 ev.error = infra("L0", "interrupted", "run interrupted")
                 qemu.reap_all()
             save_evidence(ev, cdir)
+            progress.phase("judge")
             verdict = judge_mod.judge(ev, judge_mod.load_logs(cdir))
             if interrupted or attempt == 2 or not verdict.retry:
                 break
-            log(f"{verdict.retry}: retrying once")
+            progress(f"{verdict.retry}: retrying once")
             ev.info["timings"]["attempt1_s"] = round(time.monotonic() - t0, 2)
             attempt1_s = ev.info["timings"]["attempt1_s"]
             infra_events.append(f"attempt 1: {verdict.retry}; its files are in cases/{case}/attempt1/; retried")
             _set_aside(cdir, "attempt1")
+    progress.close()
     if attempt1_s is not None:
         ev.info["timings"]["attempt1_s"] = attempt1_s
     run = record(rd.run_id, s, scenario_yaml, overrides, kernel, ev, verdict, infra_events, interrupted, t0)
