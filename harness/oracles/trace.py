@@ -18,178 +18,47 @@ Input is `trace_pipe` text from L1 (irq-info off or on), fed line by line: nothi
 The shadow MMU (kvm.tdp_mmu=N) has no SPTE-change tracepoint: kprobe shadow_zap on mmu_spte_clear_track_bits()
 records the old SPTE (`+0(%si)`), and kvmmmu:kvm_mmu_set_spte (gfn, new SPTE) gives its pfn -> gfn map.
 
-SPTE bits (v6.12 arch/x86/kvm/mmu/spte.h): present = bit 11 (SPTE_MMU_PRESENT_MASK); pfn = bits 51:12;
-writable = bit 1 (both vendors); large = bit 7.  AMD NPT: accessed 5, dirty 6, host-writable 9, MMU-writable 10.
-Intel EPT: accessed 8, dirty 9, host-writable 57, MMU-writable 58.  Bits 53:52 = 01 mark an A/D-disabled SPTE:
-there "dirty" means writable (is_dirty_spte()).
+Modules: ftrace.py decodes the lines (one typed decoder for the checker and the timelines), trace_spte.py the SPTEs,
+this one applies the rules as the trace streams, trace_findings.py makes the findings and the ledger join.  The
+public names of all four stay importable from here.
 """
 from __future__ import annotations
 
 import gzip
 import io
-import re
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-PFN_MASK = ((1 << 52) - 1) & ~0xFFF
-PRESENT = 1 << 11
-WRITABLE = 1 << 1
-LARGE = 1 << 7
-AD_MASK = 3 << 52
-AD_DISABLED = 1 << 52
-VENDOR_BITS = {  # accessed, dirty, host-writable, mmu-writable
-    "amd": (1 << 5, 1 << 6, 1 << 9, 1 << 10),
-    "intel": (1 << 8, 1 << 9, 1 << 57, 1 << 58),
-}
-VMEMMAP_DEFAULT = 0xFFFFEA0000000000  # x86-64 vmemmap base without KASLR of the memory layout
-STRUCT_PAGE = 64  # sizeof(struct page) on x86-64
+from harness.oracles import ftrace as ft
+# re-exported: the oracle's public names, wherever they now live
+from harness.oracles.ftrace import (HEADER_COL, STRUCT_PAGE, VMEMMAP_DEFAULT, Cut, Event, Lost, _field,  # noqa: F401
+                                    _s, decode, dirty_pfn, page_pfn, parse_line, split_line, uncut)
+from harness.oracles.trace_findings import (NOISE, fate_text, findings, ledger_gfns, noise_floor,  # noqa: F401
+                                            rules_json, timeline_findings, timelines)
+from harness.oracles.trace_spte import (AD_DISABLED, AD_MASK, LARGE, PFN_MASK, PRESENT, VENDOR_BITS,  # noqa: F401
+                                        WRITABLE, Spte, decode_spte, is_dirty)
+
 WINDOW = 4096  # lines: a pending check still unresolved this far on is late (preemption included)
 GAP_S = 200e-6  # a task's next event this long after a zap: events may have vanished in between (see docs)
-NOISE = 5e-5  # with cut lines in the trace, up to this fraction of checks may fail from silent loss (see docs)
 MAX_EXAMPLES = 50
 MAX_GFNS = 1 << 18  # a 1 GiB ledger's worth of 4 KiB pages
 
-
-@dataclass(frozen=True)
-class Spte:
-    raw: int
-    present: bool
-    leaf: bool
-    writable: bool
-    accessed: bool
-    dirty: bool
-    host_writable: bool
-    mmu_writable: bool
-    ad_disabled: bool
-    pfn: int
-
-    def short(self) -> str:
-        if not self.present:
-            return "none" if self.raw in (0, 1 << 63) else f"np:{self.raw:#x}"
-        flags = "".join(c if b else "-" for c, b in (("W", self.writable), ("D", self.dirty),
-                                                      ("A", self.accessed), ("h", self.host_writable)))
-        return f"pfn {self.pfn:#x} {flags}{'' if self.leaf else ' table'}"
-
-
-def decode_spte(raw: int, vendor: str = "amd", level: int = 1) -> Spte:
-    a, d, hw, mw = VENDOR_BITS[vendor]
-    present = bool(raw & PRESENT)
-    leaf = present and (level == 1 or bool(raw & LARGE))
-    ad_off = (raw & AD_MASK) == AD_DISABLED
-    writable = bool(raw & WRITABLE)
-    dirty = present and (writable if ad_off else bool(raw & d))
-    return Spte(raw, present, leaf, writable, present and not ad_off and bool(raw & a), dirty, bool(raw & hw),
-                bool(raw & mw), ad_off, (raw & PFN_MASK) >> 12)
-
-
-def is_dirty(raw: int, dmask: int) -> bool:
-    """is_dirty_spte() for a present SPTE."""
-    if (raw & AD_MASK) == AD_DISABLED:
-        return bool(raw & WRITABLE)
-    return bool(raw & dmask)
-
-
-# ---- line parsing --------------------------------------------------------------------------------------------
-
-@dataclass
-class Event:
-    name: str
-    cpu: int
-    pid: int
-    ts: str
-    body: str
-
-
-_COMM_WITH_SPACE = re.compile(rb"CPU \d+/KVM-\d+")  # QEMU's vCPU threads: the one task name here with a space
-# ftrace prints "%16s-%-7d [%03d]": the CPU's "[" sits at column 25 unless a pid has more than 7 digits.  A "[" much
-# further right means the text of a cut event precedes this header (even when that text is only blanks).
-HEADER_COL = 25
-
-
-def split_line(line: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes, bool] | None:
-    """(name, cpu, pid, ts, body, cut_in_header) or None for headers/garbage.  A task name with a space other
-    than QEMU's "CPU n/KVM" means the header itself was cut (the text of an older event precedes it)."""
-    r = line.find(b"] ")
-    if r < 0:
-        return None
-    lb = line.rfind(b"[", 0, r)
-    k = line.find(b": ", r)
-    if lb < 0 or k < 0:
-        return None
-    e = line.find(b": ", k + 2)
-    if e < 0:
-        e = len(line)
-    head = line[:lb].strip()
-    ts = line[r + 1:k]
-    sp = ts.rfind(b" ")
-    return line[k + 2:e], line[lb + 1:r], head[head.rfind(b"-") + 1:], ts[sp + 1:] if sp >= 0 else ts, line[e + 2:], \
-        lb != HEADER_COL
-
-
-def uncut(line: bytes) -> tuple[bytes, int]:
-    """trace_pipe sometimes cuts an event's text short and the next event's header follows on the same line
-    (seen on 6.12 when the reader keeps up with the writer).  Returns (the last intact event's text, cuts)."""
-    cuts = 0
-    while True:
-        r = line.find(b"] ")
-        if r < 0 or line.find(b"] ", r + 2) < 0:
-            return line, cuts
-        line = line[r + 2:]
-        cuts += 1
-
-
-def parse_line(line: str | bytes) -> Event | None:
-    if isinstance(line, str):
-        line = line.encode()
-    p = split_line(line.rstrip(b"\n"))
-    if not p:
-        return None
-    name, cpu, pid, ts, body, _cut = p
-    try:
-        return Event(name.decode(), int(cpu), int(pid) if pid.isdigit() else -1, ts.decode(), body.decode())
-    except ValueError:
-        return None
-
-
-def _field(body: bytes, key: bytes) -> int:
-    i = body.find(key)
-    if i < 0:
-        raise ValueError(key)
-    i += len(key)
-    j = body.find(b" ", i)
-    return int(body[i:j] if j >= 0 else body[i:], 16)
-
-
-def page_pfn(body: bytes) -> int:
-    """pfn of a kprobe hit that recorded a struct page/folio pointer (page=) and the vmemmap base (vmemmap=)."""
-    page = _field(body, b"page=")
-    try:
-        base = _field(body, b"vmemmap=")
-    except ValueError:
-        base = VMEMMAP_DEFAULT
-    return (page - base) // STRUCT_PAGE
-
-
-def dirty_pfn(name: bytes, body: bytes) -> int:
-    """pfn of a dirty-mark kprobe hit: dirty_pfn has pfn=; dirty_page has page= (struct page *) and vmemmap=."""
-    return _field(body, b"pfn=") if name == b"dirty_pfn" else page_pfn(body)
-
+# Raw event names as split_line() gives them (bytes); decode() names events by the str constants in ftrace.
+SPTE_CHANGED = ft.SPTE_CHANGED.encode()
+SPTE_REQUESTED = ft.SPTE_REQUESTED.encode()
+SET_SPTE = ft.SET_SPTE.encode()
+UNMAP = ft.UNMAP.encode()
+AGE = ft.AGE.encode()
+WRITE_FOLIO = ft.WRITE_FOLIO.encode()
+PAGE_FREE = ft.PAGE_FREE.encode()
+DIRTY = tuple(d.encode() for d in ft.DIRTY)
+SHADOW_ZAP = ft.SHADOW_ZAP.encode()
+RECLAIM_CLEAN = ft.RECLAIM_CLEAN.encode()
 
 # ---- the streaming checker -----------------------------------------------------------------------------------
 
-SPTE_CHANGED = b"kvm_tdp_mmu_spte_changed"
-SPTE_REQUESTED = b"kvm_mmu_spte_requested"
-SET_SPTE = b"kvm_mmu_set_spte"
-UNMAP = b"kvm_unmap_hva_range"
-AGE = b"kvm_age_hva"
-WRITE_FOLIO = b"mm_vmscan_write_folio"
-PAGE_FREE = b"mm_page_free"
-DIRTY = (b"dirty_pfn", b"dirty_page")
-SHADOW_ZAP = b"shadow_zap"  # kprobe on mmu_spte_clear_track_bits(kvm, sptep): spte=+0(%si), the old SPTE
-RECLAIM_CLEAN = b"reclaim_clean"  # kprobe on __remove_mapping(mapping, folio, ...): reclaim drops a clean folio
 RULES = ("R1", "R2", "R3", "R4")
 
 ZAP_EVENTS = "kvm_tdp_mmu_spte_changed|shadow_zap"
@@ -252,13 +121,13 @@ class Checker:
         _, self.dmask, self.hwmask, _ = VENDOR_BITS[vendor]
         self.window = window
         self.res = Result(vendor, ruleset)
-        self.counts: dict[bytes, int] = {}
+        self.counts: dict[str, int] = {}
         self.available = set(available) if available is not None else None
         self.rules = {r: RuleState() for r in RULES}
         self._decide_rules()
-        self.r1_pend: dict[bytes, list] = {}  # pid -> [[pfn, gfn, line, ts, ts of the task's next event], ...]
-        self.r2_pend: dict[bytes, list] = {}  # pid -> [[pfn, npages, gfn, line, ts], ...]
-        self.notifier: dict[bytes, int] = {}  # pid -> line of its last kvm_unmap_hva_range
+        self.r1_pend: dict[int, list] = {}  # pid -> [[pfn, gfn, line, ts, ts of the task's next event], ...]
+        self.r2_pend: dict[int, list] = {}  # pid -> [[pfn, npages, gfn, line, ts], ...]
+        self.notifier: dict[int, int] = {}  # pid -> line of its last kvm_unmap_hva_range
         self.zapped: dict[int, list] = {}  # pfn -> [gfn, line, ts, marked, written]
         self.unmarked: set[int] = set()  # zapped pfns whose dirty mark has not been seen yet
         # create-time kernels mark at install: pfns whose dirty release came after their last install (R3 counts
@@ -271,6 +140,11 @@ class Checker:
         self.n = 0
         self.next_sweep = window
         self.done = False
+        self._on = {ft.SPTE_CHANGED: self._on_spte_changed, ft.DIRTY_PFN: self._on_dirty,
+                    ft.DIRTY_PAGE: self._on_dirty, ft.PAGE_FREE: self._on_page_free,
+                    ft.WRITE_FOLIO: self._on_write_folio, ft.RECLAIM_CLEAN: self._on_reclaim_clean,
+                    ft.SHADOW_ZAP: self._on_shadow_zap, ft.SET_SPTE: self._on_set_spte,
+                    ft.SPTE_REQUESTED: self._on_fault, ft.UNMAP: self._on_unmap}
 
     def _decide_rules(self) -> None:
         active = RULE_SET.get(self.ruleset, ())
@@ -301,79 +175,96 @@ class Checker:
         self.res.truncated = True
         self.done = True
 
-    def feed(self, line: bytes, _nested: bool = False) -> None:
+    def feed(self, line: bytes) -> None:
         if self.done:
             return
         self.n += 1
         n = self.n
-        if line.startswith(b"CPU:") and b"LOST" in line:
-            self._lost(line)
+        rec = decode(line)
+        if rec is None:
             return
-        r = line.find(b"] ")
-        if r >= 0 and line.find(b"] ", r + 2) >= 0:
-            # a cut line: the text of this event stops short and another event's header follows
-            self._cut()
-            self.n -= 1
-            self.feed(line[r + 2:], True)
+        if rec.cuts:
+            for _ in range(rec.cuts):
+                self._cut()
+        if type(rec) is not Event:
+            if type(rec) is Lost:
+                self._lost(rec.count)
             return
-        p = split_line(line)
-        if p is None:
-            return
-        name, _cpu, pid, ts, body, cut = p
-        if cut and not _nested:
-            self._cut()
-        if pid in self.r1_pend:
-            for q in self.r1_pend[pid]:
+        ts, _cpu, pid, name, _body, _cuts = rec
+        pend = self.r1_pend.get(pid)
+        if pend:
+            for q in pend:
                 if q[4] is None:
                     q[4] = ts
         c = self.counts
         c[name] = c.get(name, 0) + 1
         if n >= self.next_sweep:
             self._sweep(n)
-        try:
-            if name == SPTE_CHANGED:
-                self._spte_changed(pid, ts, body, n)
-            elif name in DIRTY:
-                self._dirty(pid, dirty_pfn(name, body))
-            elif name == PAGE_FREE:
-                if self.zapped or self.r4_zapped:
-                    pfn = _field(body, b"pfn=")
-                    order = _field(body, b"order=")
-                    z, z4 = self.zapped, self.r4_zapped
-                    for q in range(pfn, pfn + (1 << order)):
-                        if q in z:
-                            self.unmarked.discard(q)
-                            self._freed(q, z.pop(q), ts)
-                        if q in z4:
-                            self._r4_freed(q, z4.pop(q), ts)
-            elif name == WRITE_FOLIO:
-                if self.zapped or self.r4_zapped:
-                    pfn = _field(body, b"pfn=")
-                    ent = self.zapped.get(pfn)
-                    if ent:
-                        ent[4] = True
-                    ent = self.r4_zapped.get(pfn)
-                    if ent:
-                        ent[3] = True
-            elif name == RECLAIM_CLEAN:
-                if self.r4_zapped:
-                    ent = self.r4_zapped.get(page_pfn(body))
-                    if ent:
-                        ent[4] = True
-            elif name == SHADOW_ZAP:
-                self._shadow_zap(pid, ts, body, n)
-            elif name == SET_SPTE:
-                self._set_spte(body)
-            elif name == SPTE_REQUESTED:
-                if pid in self.r2_pend:
-                    self._r2_close(pid, "its next fault started")
-            elif name == UNMAP:
-                self.notifier[pid] = n
-            if self.res.first_ts is None:
-                self.res.first_ts = ts.decode()
-            self.res.last_ts = ts
-        except ValueError:
-            return
+        on = self._on.get(name)
+        if on is not None:
+            try:
+                if on(pid, ts, rec, n) is False:
+                    return  # its body did not read: counted, not judged, not in first/last ts
+            except ValueError:  # R1's gap check on a timestamp that is not a number: the same
+                return
+        if self.res.first_ts is None:
+            self.res.first_ts = ts
+        self.res.last_ts = ts
+
+    # Event handlers: (pid, ts, event, line) -> False when the check needs args the body does not give.  Each reads
+    # ev.args only when it needs them, as the checker always did: most frees, writebacks and clean drops are of
+    # pfns no check follows.
+
+    def _on_dirty(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
+        a = ev.args
+        if a is None:
+            return False
+        self._dirty(pid, a.pfn)
+
+    def _on_page_free(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
+        if not (self.zapped or self.r4_zapped):
+            return None
+        a = ev.args
+        if a is None or a.order is None:
+            return False
+        pfn, order = a
+        z, z4 = self.zapped, self.r4_zapped
+        for q in range(pfn, pfn + (1 << order)):
+            if q in z:
+                self.unmarked.discard(q)
+                self._freed(q, z.pop(q), ts)
+            if q in z4:
+                self._r4_freed(q, z4.pop(q), ts)
+
+    def _on_write_folio(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
+        if not (self.zapped or self.r4_zapped):
+            return None
+        a = ev.args
+        if a is None:
+            return False
+        ent = self.zapped.get(a.pfn)
+        if ent:
+            ent[4] = True
+        ent = self.r4_zapped.get(a.pfn)
+        if ent:
+            ent[3] = True
+
+    def _on_reclaim_clean(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
+        if not self.r4_zapped:
+            return None
+        a = ev.args
+        if a is None:
+            return False
+        ent = self.r4_zapped.get(a.pfn)
+        if ent:
+            ent[4] = True
+
+    def _on_fault(self, pid: int, ts: str, ev: Event, n: int) -> None:
+        if pid in self.r2_pend:
+            self._r2_close(pid, "its next fault started")
+
+    def _on_unmap(self, pid: int, ts: str, ev: Event, n: int) -> None:
+        self.notifier[pid] = n
 
     def _cut(self) -> None:
         """An event whose text was cut short: unknown content."""
@@ -398,9 +289,7 @@ class Checker:
                 del z4[q]
                 self.rules["R4"].dropped_by_cut += 1
 
-    def _lost(self, line: bytes) -> None:
-        words = line.split()
-        num = next((int(w) for w in words if w.isdigit()), 0)
+    def _lost(self, num: int) -> None:
         self.res.lost_events += num
         self.res.lost_markers += 1
         # whatever was pending may have been resolved by a lost event: neither pass nor violation
@@ -415,12 +304,11 @@ class Checker:
         self.rules["R4"].dropped_by_loss += len(self.r4_zapped)
         self.r4_zapped.clear()
 
-    def _spte_changed(self, pid: bytes, ts: bytes, body: bytes, n: int) -> None:
-        f = body.split()
-        gfn = int(f[4], 16)
-        level = int(f[6])
-        old = int(f[8], 16)
-        new = int(f[10], 16)
+    def _on_spte_changed(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
+        a = ev.args
+        if a is None:
+            return False
+        gfn, level, old, new = a
         if pid in self.r1_pend:
             self._r1_close(pid, "the same task changed another SPTE first")
         old_leaf = old & PRESENT and (level == 1 or old & LARGE)
@@ -439,7 +327,7 @@ class Checker:
                 self.rules["R2"].checked += 1
                 self.r2_pend.setdefault(pid, []).append([npfn, 1 << (9 * (level - 1)), gfn, n, ts])
 
-    def _dirty_leaf_changed(self, pid: bytes, ts: bytes, n: int, gfn: int | None, opfn: int, unmapped: bool) -> None:
+    def _dirty_leaf_changed(self, pid: int, ts: str, n: int, gfn: int | None, opfn: int, unmapped: bool) -> None:
         """A present dirty leaf SPTE of opfn became non-present, clean or another pfn (`unmapped`: non-present or
         another pfn, i.e. KVM no longer maps opfn there; only then can the page be reclaimed behind its back)."""
         if self.r1:
@@ -468,25 +356,30 @@ class Checker:
             self.unmarked.discard(npfn)
         self.r4_zapped.pop(npfn, None)
 
-    def _shadow_zap(self, pid: bytes, ts: bytes, body: bytes, n: int) -> None:
+    def _on_shadow_zap(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
         """mmu_spte_clear_track_bits(): the shadow MMU clears a leaf SPTE (rmap SPTEs are leaves), then marks."""
-        old = _field(body, b"spte=")
+        a = ev.args
+        if a is None:
+            return False
+        old = a.spte
         if pid in self.r1_pend:
             self._r1_close(pid, "the same task cleared another SPTE first")
         if old & PRESENT and is_dirty(old, self.dmask):
             opfn = (old & PFN_MASK) >> 12
             self._dirty_leaf_changed(pid, ts, n, self.pfn_gfn.get(opfn), opfn, True)
 
-    def _set_spte(self, body: bytes) -> None:
-        """kvm_mmu_set_spte: "gfn G spte S (rwxu) level L" -- an install (either MMU)."""
-        f = body.split()
-        gfn, new = int(f[1], 16), int(f[3], 16)
+    def _on_set_spte(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
+        """kvm_mmu_set_spte: an install (either MMU)."""
+        a = ev.args
+        if a is None:
+            return False
+        gfn, new = a
         if new & PRESENT:
             pfn = (new & PFN_MASK) >> 12
             self.pfn_gfn[pfn] = gfn
             self._remapped(pfn)
 
-    def _r4_freed(self, pfn: int, ent: list, ts: bytes) -> None:
+    def _r4_freed(self, pfn: int, ent: list, ts: str) -> None:
         if not ent[4]:
             return  # freed some other way (migration, teardown): the candidacy ends, nothing to judge
         st = self.rules["R4"]
@@ -496,7 +389,7 @@ class Checker:
                         "what": "dirty SPTE zapped, then reclaim dropped the page as clean (no writeback) and "
                                 "freed it: the dirty mark was missing or had no effect"})
 
-    def _dirty(self, pid: bytes, pfn: int) -> None:
+    def _dirty(self, pid: int, pfn: int) -> None:
         pend = self.r1_pend.get(pid)
         if pend:
             for i, p in enumerate(pend):
@@ -520,14 +413,14 @@ class Checker:
             ent[3] = True
             self.unmarked.discard(pfn)
 
-    def _freed(self, pfn: int, ent: list, ts: bytes) -> None:
+    def _freed(self, pfn: int, ent: list, ts: str) -> None:
         st = self.rules["R3"]
         st.checked += 1
         if not ent[3] and not ent[4]:
             st.violate({"gfn": ent[0], "pfn": pfn, "zap_line": ent[1], "zap_ts": _s(ent[2]), "free_ts": _s(ts),
                         "what": "dirty SPTE zapped by the notifier, pfn freed with no writeback and no dirty mark"})
 
-    def _r1_close(self, pid: bytes, why: str) -> None:
+    def _r1_close(self, pid: int, why: str) -> None:
         st = self.rules["R1"]
         for pfn, gfn, line, ts, nts in self.r1_pend.pop(pid):
             if nts is not None and float(nts) - float(ts) > GAP_S:
@@ -536,7 +429,7 @@ class Checker:
             st.violate({"gfn": gfn, "pfn": pfn, "line": line, "ts": _s(ts), "pid": _s(pid),
                         "what": f"dirty leaf SPTE zapped/cleaned without a dirty mark for its pfn ({why})"})
 
-    def _r2_close(self, pid: bytes, why: str) -> None:
+    def _r2_close(self, pid: int, why: str) -> None:
         st = self.rules["R2"]
         for pfn, npages, gfn, line, ts in self.r2_pend.pop(pid):
             st.violate({"gfn": gfn, "pfn": pfn, "line": line, "ts": _s(ts), "pid": _s(pid),
@@ -553,9 +446,8 @@ class Checker:
         self.done = True
         res = self.res
         res.lines = self.n
-        res.counts = {k.decode(): v for k, v in sorted(self.counts.items())}
+        res.counts = dict(sorted(self.counts.items()))
         res.events = sum(self.counts.values())
-        res.last_ts = _s(res.last_ts) if isinstance(res.last_ts, bytes) else res.last_ts
         self.rules["R1"].unresolved_at_end = sum(len(v) for v in self.r1_pend.values())
         self.rules["R2"].unresolved_at_end = sum(len(v) for v in self.r2_pend.values())
         self.rules["R3"].unresolved_at_end = len(self.zapped)
@@ -568,10 +460,6 @@ class Checker:
                           "R4": "zaps of dirty SPTEs followed to reclaim's clean drop and free of their pfn"}[r]
         res.rules = self.rules
         return res
-
-
-def _s(b) -> str:
-    return b.decode(errors="replace") if isinstance(b, (bytes, bytearray)) else str(b)
 
 
 def check_lines(lines: Iterable[bytes], vendor: str = "amd", ruleset: str = "zap-time",
@@ -589,202 +477,6 @@ def open_lines(path: str | Path) -> Iterator[bytes]:
     with raw as f:
         for ln in io.BufferedReader(f, 1 << 20) if p.suffix == ".gz" else f:
             yield ln.rstrip(b"\n")
-
-
-# ---- verdicts --------------------------------------------------------------------------------------------------
-
-def noise_floor(res: Result, st: RuleState) -> int:
-    """trace_pipe on 6.12 loses a few events silently next to its cut lines (docs/trace-oracle.md): when the trace
-    has cut lines, this many violations are within the transport's noise and make no finding."""
-    return int(st.checked * NOISE) if res.cut_events else 0
-
-
-def rules_json(res: Result, incomplete: list[str] | None = None) -> dict:
-    out = {}
-    for r, st in res.rules.items():
-        why = st.why
-        if st.ran and incomplete and not st.violations:
-            why += "; cannot prove absence: " + ", ".join(incomplete)
-        if st.ran and st.checked == 0:
-            why += "; nothing to check was observed (vacuous)"
-        floor = noise_floor(res, st)
-        if st.ran and 0 < st.violations <= floor:
-            why += (f"; {st.violations} violation(s) within the noise floor ({floor}) of trace_pipe's silent losses "
-                    f"next to {res.cut_events} cut lines: no finding")
-        out[r] = {"ran": st.ran, "events_checked": st.checked, "violations": st.violations, "why": why,
-                  "noise_floor": noise_floor(res, st),
-                  "unresolved_at_end": st.unresolved_at_end, "dropped_by_lost_events": st.dropped_by_loss,
-                  "dropped_by_cut_lines": st.dropped_by_cut, "dropped_by_time_gap": st.dropped_by_gap,
-                  "dropped_install_untraced": st.dropped_install_untraced}
-    return out
-
-
-def ledger_gfns(ledger) -> list[int]:
-    """gfns of the pages the ledger found bad (L2 gfns: the same numbers as the SPTE events' gfn)."""
-    bad = getattr(ledger, "bad", None) or []
-    out = []
-    for b in bad:
-        g = b.get("gfn") if isinstance(b, dict) else None
-        if isinstance(g, int) and g not in out:
-            out.append(g)
-    return out
-
-
-def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list[int] | None = None) -> list[dict]:
-    lg = set(ledger_gfns or [])
-    out = []
-    titles = {"R1": "dirty SPTE zapped without marking its page dirty",
-              "R2": "writable SPTE installed without marking its page dirty",
-              "R3": "page freed after a notifier zap with no writeback and no dirty mark (lost write)",
-              "R4": "page dropped clean by reclaim after a dirty SPTE zap, no writeback (lost write)"}
-    for r, st in res.rules.items():
-        if not st.ran or st.violations <= noise_floor(res, st):
-            continue
-        ex = st.examples[:20]
-        for e in ex:
-            e["ledger_bad"] = e.get("gfn") in lg
-        f = {"oracle": "trace", "layer": "L1", "kind": f"{r}-violation",
-             "title": f"trace rule {r}: {st.violations} x {titles[r]}", "rule": r, "count": st.violations,
-             "checked": st.checked, "examples": ex,
-             "ledger_gfns_matched": sorted(st.gfns & lg)[:50], "ledger_gfns_matched_count": len(st.gfns & lg)}
-        if incomplete:
-            f["note"] = "trace incomplete (" + ", ".join(incomplete) + "): counts are lower bounds"
-        out.append(f)
-    return out
-
-
-def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", limit: int = 40,
-              fates: dict[int, dict] | None = None) -> dict[int, list[str]]:
-    """For each gfn: its trace history (fault, SPTE changes, notifier, dirty marks, writeback, free of its pfns).
-    With `fates`, also fills fates[gfn] with what happened after the gfn's last leaf-SPTE zap: the L1 pfn, whether
-    the SPTE was writable+dirty, and whether a dirty mark, a writeback and a free of that pfn followed."""
-    want = {g: deque(maxlen=limit) for g in gfns}
-    fates = {} if fates is None else fates
-    pfn_gfn: dict[int, int] = {}
-    last_unmap: dict[bytes, bytes] = {}
-    for ln0 in lines:
-        ln, _ = uncut(ln0)
-        p = split_line(ln)
-        if not p:
-            if ln.startswith(b"CPU:") and b"LOST" in ln:
-                for d in want.values():
-                    d.append(_s(ln.strip()))
-            continue
-        name, cpu, pid, ts, body, _cut = p
-        t = _s(ts)
-        try:
-            if name == SPTE_CHANGED:
-                f = body.split()
-                g = int(f[4], 16)
-                if g in want:
-                    lvl = int(f[6])
-                    o = decode_spte(int(f[8], 16), vendor, lvl)
-                    nw = decode_spte(int(f[10], 16), vendor, lvl)
-                    if pid in last_unmap and not nw.present:
-                        want[g].append(f"{t} notifier {last_unmap[pid]}")
-                    what = "zap" if o.present and not nw.present else "map" if nw.present and not o.present else "change"
-                    want[g].append(f"{t} pid {_s(pid)} spte {what} L{lvl}: {o.short()} -> {nw.short()}")
-                    if what == "zap" and o.leaf:
-                        _new_fate(fates, g, o.pfn, t, o.writable and o.dirty)
-                    for s_ in (o, nw):
-                        if s_.present and s_.leaf:
-                            pfn_gfn[s_.pfn] = g
-            elif name == SET_SPTE:  # an install: the shadow MMU's only gfn <-> pfn evidence
-                f = body.split()
-                g, new = int(f[1], 16), int(f[3], 16)
-                if g in want and new & PRESENT:
-                    pfn = (new & PFN_MASK) >> 12
-                    pfn_gfn[pfn] = g
-                    want[g].append(f"{t} pid {_s(pid)} spte map: {decode_spte(new, vendor).short()}")
-            elif name == SHADOW_ZAP:
-                o = decode_spte(_field(body, b"spte="), vendor)
-                g = pfn_gfn.get(o.pfn) if o.present else None
-                if g in want:
-                    if pid in last_unmap:
-                        want[g].append(f"{t} notifier {last_unmap[pid]}")
-                    want[g].append(f"{t} pid {_s(pid)} shadow spte zap: {o.short()} -> none")
-                    _new_fate(fates, g, o.pfn, t, o.writable and o.dirty)
-            elif name == RECLAIM_CLEAN:
-                pfn = page_pfn(body)
-                if pfn in pfn_gfn:
-                    want[pfn_gfn[pfn]].append(f"{t} reclaim drops pfn {pfn:#x} as clean")
-                    _fate(fates, pfn_gfn[pfn], pfn, "dropped_clean")
-            elif name == SPTE_REQUESTED:
-                f = body.split()
-                g = int(f[1], 16)
-                if g in want:
-                    pfn = int(f[3], 16)
-                    pfn_gfn[pfn] = g
-                    want[g].append(f"{t} pid {_s(pid)} fault gfn {g:#x} -> pfn {pfn:#x}")
-            elif name in DIRTY:
-                pfn = dirty_pfn(name, body)
-                if pfn in pfn_gfn:
-                    want[pfn_gfn[pfn]].append(f"{t} pid {_s(pid)} dirty mark pfn {pfn:#x} ({_s(name)})")
-                    _fate(fates, pfn_gfn[pfn], pfn, "dirty_mark")
-            elif name == WRITE_FOLIO:
-                pfn = _field(body, b"pfn=")
-                if pfn in pfn_gfn:
-                    want[pfn_gfn[pfn]].append(f"{t} writeback pfn {pfn:#x}")
-                    _fate(fates, pfn_gfn[pfn], pfn, "writeback")
-            elif name == PAGE_FREE:
-                pfn = _field(body, b"pfn=")
-                if pfn in pfn_gfn:
-                    _fate(fates, pfn_gfn[pfn], pfn, "freed")
-                    want[pfn_gfn.pop(pfn)].append(f"{t} free pfn {pfn:#x}")
-            elif name == UNMAP:
-                last_unmap[pid] = body.split(b": ", 1)[-1].replace(b" ", b"")
-            elif name == AGE:
-                last_unmap.pop(pid, None)
-        except (ValueError, IndexError):
-            continue
-    return {g: list(d) for g, d in want.items()}
-
-
-def _new_fate(fates: dict[int, dict], g: int, pfn: int, t: str, dirty_spte: bool) -> None:
-    """A zap of gfn g's leaf SPTE starts a new cycle, unless an earlier cycle already ended in a lost write's
-    shape: that one (the first loss) is what the finding reports, not the last cycle before the run ended."""
-    f = fates.get(g)
-    if f and f.get("lost"):
-        return
-    fates[g] = {"pfn": pfn, "t": t, "dirty_spte": dirty_spte, "dirty_mark": False, "writeback": False,
-                "freed": False}
-
-
-def _fate(fates: dict[int, dict], g: int, pfn: int, what: str) -> None:
-    f = fates.get(g)
-    if f and f["pfn"] == pfn and not f.get("lost"):
-        f[what] = True
-        if what == "freed" and f["dirty_spte"] and not f["writeback"] and f.get("dropped_clean"):
-            f["lost"] = True  # a dirty SPTE's page dropped clean by reclaim and freed, no writeback since the zap
-
-
-def fate_text(f: dict) -> str:
-    """One line: what L1 did with the page after the gfn's last zap (the shape of a lost write, or not)."""
-    return (f"L1 pfn {f['pfn']:#x}: {'writable dirty ' if f['dirty_spte'] else ''}SPTE zapped at {f['t']} s, then "
-            + ", ".join(("a dirty mark" if f["dirty_mark"] else "no dirty mark",
-                         "writeback" if f["writeback"] else "no writeback")
-                        + (("dropped clean by reclaim",) if f.get("dropped_clean") else ())
-                        + ("freed" if f["freed"] else "not freed",)))
-
-
-def timeline_findings(tl: dict[int, list[str]], res: Result, incomplete: list[str] | None = None,
-                      limit: int = 20, fates: dict[int, dict] | None = None) -> list[dict]:
-    """One finding per ledger-bad gfn: gfn (L2), pfn (L1), the trace rules that flagged it, and its history."""
-    out = []
-    fates = fates or {}
-    for g, lines in list(tl.items())[:limit]:
-        rules = sorted(r for r, st in res.rules.items() if g in st.gfns)
-        fate = fates.get(g)
-        f = {"oracle": "trace", "layer": "L1", "kind": "ledger-timeline",
-             "title": f"ledger-bad gfn {g:#x}: "
-                      + (fate_text(fate) if fate else "no zap of this gfn in the trace" if lines
-                         else "no trace event for this gfn")
-                      + (f" (rules {', '.join(rules)})" if rules else ""),
-             "gfn": g, "pfn": fate["pfn"] if fate else None, "rules": rules, "timeline": lines}
-        if incomplete:
-            f["note"] = "trace incomplete (" + ", ".join(incomplete) + "): a missing event proves nothing"
-        out.append(f)
-    return out
 
 
 # ---- benchmark ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""KTAP v1 results (the kernel's Documentation/dev-tools/ktap.rst, as of 6.12) for a run and for a matrix.
+
+`results.ktap` is what kernel CI (kunit.py parse, LAVA, KernelCI) reads: a run is one test per case, a matrix is
+one parent test whose subtests are its cells (nested: indented two spaces, with KUnit's "# Subtest:" header).
+A test passes ("ok") when its verdict is the expected one (a pass unless the case says otherwise), exactly as in
+junit.xml; every finding is a "# " diagnostic line right before the test's result line, where parsers attach it.
+
+Infrastructure verdicts (infra-error, input-error) are `not ok ... # ERROR <why>`, never `# SKIP`: SKIP says "not
+run on purpose" and parsers count it as a success (kunit.py exits 0), which would hide that the harness could not
+tell whether the kernel is correct.  ERROR is the ktap.rst directive for "the execution of the test failed due to
+an error"; a parser that does not know it falls back to the `not ok` (ktap.rst), so it is still a failure.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+INFRA_VERDICTS = ("infra-error", "input-error")  # a run's verdicts that say nothing about the kernel
+INFRA_OUTCOMES = ("infra", "not-run", "flaky")  # a matrix cell's (as in junit.py)
+MAX_DIAG_FINDINGS = 20  # diagnostic lines per test: a finding with 100k violations is one line, not 100k
+MAX_PAGES = 3
+
+# Phrases that make kunit_parser stop reading KTAP wherever they appear in a line (its KTAP_END regex): a console
+# excerpt or title quoting them would cut the results short.  Their colons become " -".
+_KTAP_END = ((re.compile(r"List of all partitions:"), "List of all partitions -"),
+             (re.compile(r"Kernel panic - not syncing: VFS:"), "Kernel panic - not syncing: VFS -"),
+             (re.compile(r"reboot: System halted"), "reboot - System halted"))
+
+
+def clean(text, limit: int = 300) -> str:
+    """One line of text safe anywhere in KTAP: no newline, no "#" (a test description "can be any string of
+    characters other than # or a newline", ktap.rst; escaped as %23, so nothing is lost), no parser stop phrase."""
+    raw = str(text if text is not None else "")
+    lead = min(len(raw) - len(raw.lstrip(" ")), 8)  # keep a sub-line's indent
+    s = " " * lead + " ".join(raw.split()).replace("#", "%23")
+    for rx, repl in _KTAP_END:
+        s = rx.sub(repl, s)
+    return s if len(s) <= limit else s[:limit - 1] + "…"
+
+
+def name_of(text) -> str:
+    """A test name: cleaned and never empty (kunit matches a parent's "# Subtest:" name to its result line)."""
+    return clean(text, 200) or "unnamed"
+
+
+def _finding_lines(findings: list[dict]) -> list[str]:
+    out = []
+    for f in findings[:MAX_DIAG_FINDINGS]:
+        tag = "infra-error" if f.get("oracle") == "infra" else "finding"
+        out.append(f"{tag}: [{f.get('oracle')}/{f.get('layer')}/{f.get('kind')}] {f.get('title')}")
+        for p in (f.get("pages") or [])[:MAX_PAGES]:
+            if isinstance(p.get("gfn"), int):
+                out.append(f"  page gfn {p['gfn']:#x} index {p.get('index')}: gen {p.get('found')} instead of "
+                           f"{p.get('expected')}")
+        if f.get("oracle") == "trace" and f.get("pfn") is not None and f.get("gfn") is not None:
+            out.append(f"  gfn {f['gfn']:#x} at L1 pfn {f['pfn']:#x}, rules {', '.join(f.get('rules') or [])}")
+        if f.get("patch"):
+            out.append(f"  patch under test: {f['patch']}")
+    if len(findings) > MAX_DIAG_FINDINGS:
+        out.append(f"... and {len(findings) - MAX_DIAG_FINDINGS} more findings (findings.json)")
+    return out
+
+
+def _pass_line(run: dict) -> str:
+    lg, tr = run.get("ledger") or {}, run.get("trace") or {}
+    s = (f"pass: ledger verified {lg.get('pages_verified')} page reads over {lg.get('rounds_done')} rounds, "
+         f"{(lg.get('stale') or 0) + (lg.get('zero') or 0) + (lg.get('corrupt') or 0)} bad")
+    rules = tr.get("rules") or {}
+    if rules:
+        ran = [r for r, v in rules.items() if v.get("ran")]
+        s += (f"; trace rules {'/'.join(ran) or 'none'} ran, "
+              f"{sum(v.get('violations') or 0 for v in rules.values())} violations")
+    return s
+
+
+def _cases(run: dict) -> list[dict]:
+    """The run's cases (run.json "cases" when it has several), else the run itself as its one case."""
+    return run.get("cases") or [{"name": "default", "verdict": run.get("verdict"), "findings": run.get("findings"),
+                                 "time": (run.get("timings") or {}).get("total_s")}]
+
+
+def case_lines(run: dict, case: dict, num: int) -> list[str]:
+    verdict, expect = case.get("verdict"), case.get("expect", "pass")
+    findings = case.get("findings") or []
+    diags = [f"case {case.get('name')}: verdict {verdict} (expected {expect})"
+             + (f", {float(case['time']):.1f} s" if isinstance(case.get("time"), (int, float)) else "")]
+    diags += _finding_lines(findings) if findings else [_pass_line(run)] if verdict == "pass" else []
+    ok = verdict == expect
+    directive = ""
+    if verdict in INFRA_VERDICTS and not ok:
+        why = next((f.get("title") for f in findings), None) or "the harness could not judge this case"
+        directive = f" # ERROR {verdict}: {clean(why, 200)}"
+    return [f"# {clean(d)}" for d in diags] + [f"{'ok' if ok else 'not ok'} {num} {name_of(case.get('name'))}"
+                                                + directive]
+
+
+def run_ktap(run: dict) -> str:
+    """KTAP for one run: one test per case, its findings as diagnostics right before its result line."""
+    cases = _cases(run)
+    sc, k = run.get("scenario") or {}, run.get("kernel") or {}
+    head = (f"kvm-dirty-harness run {run.get('run_id')}: scenario {sc.get('name')}, seed {sc.get('seed')}, "
+            f"kernel {k.get('release')} ({k.get('source')})")
+    lines = ["KTAP version 1", f"1..{len(cases)}", f"# {clean(head)}"]
+    for i, c in enumerate(cases, 1):
+        lines += case_lines(run, c, i)
+    return "\n".join(lines) + "\n"
+
+
+def _run_line(r: dict) -> str:
+    ff = r.get("first_finding_s")
+    titles = "; ".join((r.get("titles") or [])[:2])
+    return (f"  run {Path(str(r.get('run_dir', '?'))).name}: seed {r.get('seed')}, {r.get('verdict')}"
+            + (f" after {ff} s" if ff is not None else "") + (f": {titles}" if titles else ""))
+
+
+def cell_lines(cell: dict, num: int) -> list[str]:
+    """One matrix cell as a subtest: ok when its outcome is the one it declares (as in junit.xml)."""
+    name, outcome, expect = name_of(cell.get("name") or _cell_name(cell)), cell.get("outcome"), cell.get("expect")
+    runs = cell.get("runs") or []
+    diags = [f"cell {name}: expect {expect}, outcome {outcome}, {len(runs)} run(s), "
+             f"{cell.get('retries', 0)} TCG retries"]
+    if cell.get("why"):
+        diags.append(f"  why: {cell['why']}")
+    diags += [_run_line(r) for r in runs[:MAX_DIAG_FINDINGS]]
+    for r in runs:
+        diags += [f"  evidence: {e}" for e in (r.get("evidence") or [])[:6]]
+        if r.get("evidence"):
+            break  # the first catching run's evidence is enough here (summary.txt has it all)
+    ok = bool(cell.get("ok"))
+    if outcome == "skipped":
+        tail = " # SKIP hardware-only"
+    elif not ok and outcome in INFRA_OUTCOMES:
+        tail = f" # ERROR {outcome}: expected {expect}, got {outcome}"
+    else:
+        tail = ""
+    return [f"# {clean(d)}" for d in diags] + [f"{'ok' if ok else 'not ok'} {num} {name}{tail}"]
+
+
+def _cell_name(cell: dict) -> str:
+    """matrix.Cell.name, for a matrix.json that does not store it."""
+    knobs = ",".join(f"{k}={v}" for k, v in (cell.get("variant") or {}).items()) or "default"
+    return f"{cell.get('kernel')}[{knobs}]" + (f"@seed{cell['seed']}" if cell.get("seed") is not None else "")
+
+
+def matrix_ktap(matrix_json: dict) -> str:
+    """KTAP for a matrix: one parent test (the matrix) with one subtest per cell, nested two spaces deep."""
+    cells = matrix_json.get("cells") or []
+    mname = name_of("matrix-" + str(matrix_json.get("name")))
+    sub = ["KTAP version 1", f"# Subtest: {mname}", f"1..{len(cells)}"]
+    for i, c in enumerate(cells, 1):
+        sub += cell_lines(c, i)
+    sc = matrix_json.get("score") or {}
+    ms = sc.get("mutation_score")
+    ms_text = "n/a" if ms is None else f"{100 * ms:.0f} %"
+    head = (f"matrix {matrix_json.get('name')}: {sc.get('cells_ok')}/{sc.get('cells')} cells as expected; mutation "
+            f"score {ms_text} ({len(sc.get('caught') or [])}/{len(sc.get('runnable_mutants') or [])}); "
+            f"false positives {sc.get('false_positives')}")
+    ok = all(c.get("ok") for c in cells)
+    return "\n".join(["KTAP version 1", "1..1"] + ["  " + s for s in sub]
+                     + [f"# {clean(head)}", f"{'ok' if ok else 'not ok'} 1 {mname}"]) + "\n"
+
+
+def write_run_ktap(run: dict, path) -> Path:
+    from harness.report.results import atomic_write  # results imports this module
+    atomic_write(Path(path), run_ktap(run))
+    return Path(path)
+
+
+def write_matrix_ktap(matrix_json: dict, path) -> Path:
+    from harness.report.results import atomic_write
+    atomic_write(Path(path), matrix_ktap(matrix_json))
+    return Path(path)
