@@ -322,51 +322,7 @@ def build_kernel(kernel_yaml: Path, upto: int | None = None, *, _fresh_objtree: 
 
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=kernels_dir()))
         try:
-            jobs = os.cpu_count() or 1
-            env = dict(os.environ, **source.GIT_ENV)
-            # KERNELRELEASE on the command line bypasses scripts/setlocalversion: the release is the Makefile
-            # version (e.g. 6.12.117) for every stack. Otherwise CONFIG_LOCALVERSION_AUTO (on in
-            # x86_64_defconfig) appends -g<commit>, which changes with every stack and makes a one-line
-            # KVM patch rebuild every module's vermagic and relink vmlinux.
-            krel = f"KERNELRELEASE={source.makefile_version(tree.path)}"
-            mk = ["nice", "-n", "10", "make", "-C", str(tree.path), f"O={objdir}", f"-j{jobs}", *p.make_vars,
-                  krel]
-            build_cmd = mk + BUILD_TARGETS
-            repro = " && ".join([
-                f"cd {shlex.quote(str(tree.path))}",
-                f"git checkout -f --detach {commit}",
-                f"OBJ={shlex.quote(str(objdir))}", *cfg_cmds, shlex.join(build_cmd)])
-            cc0 = ccache_stats()
-            with open(tmp / "build.log", "w") as lf:
-                lf.write(repro + "\n")
-                lf.write(f"# key {key}; objtree {objdir} ({objtree_state}); base {tree.id}; commit {commit}\n")
-                lf.flush()
-                t = time.monotonic()
-                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                load0 = os.getloadavg()[0]
-                log(f"building {key} in {objdir} ({objtree_state} object tree, -j{jobs})")
-                run_logged(build_cmd, tree.path, lf, f"make {' '.join(BUILD_TARGETS)}", env=env)
-                times["make_s"] = round(time.monotonic() - t, 3)
-                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-                # CPU seconds of make and its compilers: comparable across busy and idle machines
-                times["make_cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 1)
-                times["loadavg_1m_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-                cc1 = ccache_stats()
-
-                t = time.monotonic()
-                release = (objdir / "include/config/kernel.release").read_text().strip()
-                mods = tmp / "modules"
-                mods.mkdir()
-                run_logged(mk + ["modules_install", f"INSTALL_MOD_PATH={mods}", "INSTALL_MOD_STRIP=1"],
-                           tree.path, lf, "make modules_install", env=env)
-                mdir = mods / "lib/modules" / release
-                for link in ("build", "source"):
-                    if (mdir / link).is_symlink():
-                        (mdir / link).unlink()
-                for src_name, dst_name in (("arch/x86/boot/bzImage", "bzImage"), ("vmlinux", "vmlinux"),
-                                           ("System.map", "System.map"), (".config", "config")):
-                    shutil.copyfile(objdir / src_name, tmp / dst_name)
-                times["install_s"] = round(time.monotonic() - t, 3)
+            release, make = _make_install(p, tree, objdir, objtree_state, commit, cfg_cmds, key, tmp, times, log)
             times["total_s"] = round(time.monotonic() - t_start, 3)
             meta = {
                 "schema": SCHEMA, "key": key, "release": release, "source": "build",
@@ -376,8 +332,8 @@ def build_kernel(kernel_yaml: Path, upto: int | None = None, *, _fresh_objtree: 
                 "kernel_yaml": str(p.inputs.yaml_path),
                 "defconfig": p.defconfig, "fragments": [str(f) for f in p.fragments],
                 "objtree": {"path": str(objdir), "state": objtree_state},
-                "make_vars": p.make_vars + [krel], "jobs": jobs,
-                "times": times, "ccache": _ccache_delta(cc0, cc1), "compiler": p.compiler,
+                "make_vars": p.make_vars + [make["krel"]], "jobs": make["jobs"],
+                "times": times, "ccache": make["ccache"], "compiler": p.compiler,
                 "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -396,6 +352,54 @@ def build_kernel(kernel_yaml: Path, upto: int | None = None, *, _fresh_objtree: 
                 shutil.rmtree(bench_obj, ignore_errors=True)
     log(f"built {release} in {times['total_s']:.1f} s -> {final}")
     return final
+
+
+def _make_install(p, tree, objdir: Path, objtree_state: str, commit: str, cfg_cmds: list[str], key: str,
+                  tmp: Path, times: dict, log) -> tuple[str, dict]:
+    """make bzImage modules in the object tree, then install the artifact's files into tmp; returns the
+    release and what the meta records of the make (jobs, KERNELRELEASE, ccache delta)."""
+    jobs = os.cpu_count() or 1
+    env = dict(os.environ, **source.GIT_ENV)
+    # KERNELRELEASE on the command line bypasses scripts/setlocalversion: the release is the Makefile
+    # version (e.g. 6.12.117) for every stack. Otherwise CONFIG_LOCALVERSION_AUTO (on in
+    # x86_64_defconfig) appends -g<commit>, which changes with every stack and makes a one-line
+    # KVM patch rebuild every module's vermagic and relink vmlinux.
+    krel = f"KERNELRELEASE={source.makefile_version(tree.path)}"
+    mk = ["nice", "-n", "10", "make", "-C", str(tree.path), f"O={objdir}", f"-j{jobs}", *p.make_vars, krel]
+    build_cmd = mk + BUILD_TARGETS
+    repro = " && ".join([f"cd {shlex.quote(str(tree.path))}", f"git checkout -f --detach {commit}",
+                         f"OBJ={shlex.quote(str(objdir))}", *cfg_cmds, shlex.join(build_cmd)])
+    cc0 = ccache_stats()
+    with open(tmp / "build.log", "w") as lf:
+        lf.write(repro + "\n")
+        lf.write(f"# key {key}; objtree {objdir} ({objtree_state}); base {tree.id}; commit {commit}\n")
+        lf.flush()
+        t = time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        load0 = os.getloadavg()[0]
+        log(f"building {key} in {objdir} ({objtree_state} object tree, -j{jobs})")
+        run_logged(build_cmd, tree.path, lf, f"make {' '.join(BUILD_TARGETS)}", env=env)
+        times["make_s"] = round(time.monotonic() - t, 3)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU seconds of make and its compilers: comparable across busy and idle machines
+        times["make_cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 1)
+        times["loadavg_1m_start_end"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        cc1 = ccache_stats()
+        t = time.monotonic()
+        release = (objdir / "include/config/kernel.release").read_text().strip()
+        mods = tmp / "modules"
+        mods.mkdir()
+        run_logged(mk + ["modules_install", f"INSTALL_MOD_PATH={mods}", "INSTALL_MOD_STRIP=1"],
+                   tree.path, lf, "make modules_install", env=env)
+        mdir = mods / "lib/modules" / release
+        for link in ("build", "source"):
+            if (mdir / link).is_symlink():
+                (mdir / link).unlink()
+        for src_name, dst_name in (("arch/x86/boot/bzImage", "bzImage"), ("vmlinux", "vmlinux"),
+                                   ("System.map", "System.map"), (".config", "config")):
+            shutil.copyfile(objdir / src_name, tmp / dst_name)
+        times["install_s"] = round(time.monotonic() - t, 3)
+    return release, {"jobs": jobs, "krel": krel, "ccache": _ccache_delta(cc0, cc1)}
 
 
 # ----------------------------------------------------------------------------------------------------------

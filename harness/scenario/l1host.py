@@ -119,13 +119,12 @@ class Monitor:
         self._pending_reclaim: list[float] = []
         self._last_line = self._last_vmstat = time.monotonic()
         self._last_vmstat = 0.0
-        self._buf = b""
-        stream = self.sh.stream("tail -n +1 -F /run/l2-console.log 2>/dev/null")
         with open(self.console_path, "ab") as con, open(self.vmstat_path, "a") as vm:
+            stream = self.sh.stream("tail -n +1 -F /run/l2-console.log 2>/dev/null", sink=con)
             vm.write("t," + ",".join(CSV_KEYS) + "\n")
-            while not self._step(stream, con, vm):
+            while not self._step(stream, vm):
                 pass
-            self._drain(stream, con)
+            self._drain(stream)
 
     def cmd_timeout(self) -> float:
         """An L1 command's deadline: the scenario's, never past the wall clock, never longer than a stall."""
@@ -137,17 +136,11 @@ class Monitor:
         self.events.append(MonitorEvent(kind=kind, at_s=round(time.monotonic() - self.t_run, 2), detail=detail))
         return True
 
-    def _step(self, stream, con, vm) -> bool:
-        """One poll; True when following L2 is over."""
+    def _step(self, stream, vm) -> bool:
+        """One poll (L2's console lines for up to 50 ms, then the schedule); True when following L2 is over."""
         now = time.monotonic()
-        data = stream.read_ready()
-        if data:
-            con.write(data)
-            con.flush()
-            self._buf += data
-            *lines, self._buf = self._buf.split(b"\n")
-            for raw in lines:
-                self._on_line(raw, now)
+        for raw in stream.lines(deadline=now + 0.05):
+            self._on_line(raw, now)
         s = self.scenario
         if s.stop_on_first_finding and self.first_bad_wall is not None and now - self.first_bad_wall > 2:
             self.stopped_early = True  # a moment to collect the burst's other pages, then stop
@@ -163,8 +156,6 @@ class Monitor:
             return True
         if stream.ended():
             raise InfraError("SSH stream of L2's console ended unexpectedly")
-        if not data:
-            time.sleep(0.05)
         return False
 
     def _on_line(self, raw: bytes, now: float) -> None:
@@ -247,12 +238,12 @@ class Monitor:
         deaf = self.sh.responsive(timeout=min(10.0, self.cmd_timeout()))
         return self._event("l1-unresponsive", f"L1 does not answer over SSH: {deaf}") if deaf else False
 
-    def _drain(self, stream, con) -> None:
-        """Save the console's last bytes; the judge re-reads the whole saved file, so no parsing here."""
+    def _drain(self, stream) -> None:
+        """Save the console's last bytes (the sink keeps them); the judge re-reads the whole saved file."""
         if not self.sh.broken:
             time.sleep(0.3)
             try:
-                con.write(stream.read_ready())
+                stream.read_ready()
             except InfraError:
                 pass
         stream.close()

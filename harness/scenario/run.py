@@ -23,6 +23,8 @@ from harness.oracles import judge as judge_mod
 from harness.paths import REPO, results_root
 from harness.report.results import (VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, reproduce_sh,
                                     summary_text, write_json)
+from harness.report.ktap import write_run_ktap as write_ktap
+from harness.report.plots import run_plots
 from harness.report.progress import RunProgress
 from harness.scenario.case import new_evidence, run_case
 from harness.vm import qemu
@@ -193,7 +195,9 @@ def write_run(rd: RunDir, cdir: Path, run: dict, kernel_argv, interrupted: bool)
         os.chmod(rd.path / "reproduce.sh", 0o755)
         atomic_write(rd.path / "summary.txt", summary_text(run))
         atomic_write(rd.path / "junit.xml", junit_xml(run))
+        write_ktap(run, rd.path / "results.ktap")
         write_json(rd.path / "run.json", run)
+        draw_plots(rd.path)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -205,6 +209,16 @@ def write_run(rd: RunDir, cdir: Path, run: dict, kernel_argv, interrupted: bool)
     sys.stdout.write(summary_text(run))
     print(f"verdict: {run['verdict']}  results: {rd.path}")
     return run
+
+
+def draw_plots(run_dir: Path) -> None:
+    """plots/ from the folder's files; a plot that fails is said, never the run's end (the verdict is written)."""
+    try:
+        run_plots(run_dir)
+    except OSError:
+        raise
+    except Exception as e:  # matplotlib on odd data: the results stand without the picture
+        err.print(f"plots not drawn: {e!r}", markup=False)
 
 
 def _set_aside(cdir: Path, name: str) -> None:

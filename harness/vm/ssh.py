@@ -12,7 +12,7 @@ import io
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import paramiko
 
@@ -45,12 +45,14 @@ class PinnedHostKey(paramiko.MissingHostKeyPolicy):
 
 
 class Stream:
-    """An L1 command's stdout consumed as it comes: `chunks()` yields bytes until the command ends, the caller
-    stops, or `idle_s` passes with no byte while `alive()` says L1 should still be talking."""
+    """An L1 command's stdout consumed as it comes, never blocking: `read_ready()` for bytes (the trace's gzip
+    stream), `lines(deadline)` for complete lines (L2's console), each byte also copied to `sink` if given."""
 
-    def __init__(self, chan: paramiko.Channel, what: str):
+    def __init__(self, chan: paramiko.Channel, what: str, sink=None):
         self.chan = chan
         self.what = what
+        self.sink = sink
+        self._partial = b""
 
     def read_ready(self) -> bytes:
         """Whatever is buffered now (b'' when nothing is); raises InfraError when the channel broke."""
@@ -63,27 +65,31 @@ class Stream:
                 out += data
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise InfraError(f"SSH stream '{self.what}' from L1 broke: {e}") from None
+        if out and self.sink:
+            self.sink.write(out)
+            self.sink.flush()
         return out
 
     def ended(self) -> bool:
         return self.chan.closed or (self.chan.exit_status_ready() and not self.chan.recv_ready())
 
-    def lines(self, deadline: float, stop: Callable[[], bool] = lambda: False) -> Iterator[bytes]:
-        """Complete lines until the stream ends, `stop()` or the deadline (monotonic); the last partial line
-        is yielded at the end."""
-        buf = b""
-        while not stop() and time.monotonic() < deadline:
+    def lines(self, deadline: float) -> Iterator[bytes]:
+        """Complete lines until the stream ends or the deadline (monotonic) passes; a partial line waits for
+        its end in the next call, except when the stream has ended."""
+        while True:
             data = self.read_ready()
             if data:
-                buf += data
-                *whole, buf = buf.split(b"\n")
+                *whole, self._partial = (self._partial + data).split(b"\n")
                 yield from whole
             elif self.ended():
-                break
-            else:
+                if self._partial:
+                    yield self._partial
+                    self._partial = b""
+                return
+            if time.monotonic() >= deadline:
+                return
+            if not data:
                 time.sleep(POLL_S)
-        buf += self.read_ready()
-        yield from (ln for ln in buf.split(b"\n") if ln)
 
     def close(self) -> None:
         try:
@@ -191,12 +197,12 @@ class L1Shell:
         except InfraError as e:
             return str(e)
 
-    def stream(self, cmd: str) -> Stream:
+    def stream(self, cmd: str, sink=None) -> Stream:
         """A command whose stdout is consumed incrementally (L2 console, trace pipe)."""
         chan = self._open(cmd, 10)
         chan.exec_command(cmd)
         chan.settimeout(0.0)
-        s = Stream(chan, cmd[:60])
+        s = Stream(chan, cmd[:60], sink)
         self.streams.append(s)
         return s
 
