@@ -47,9 +47,44 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("matrix", help="run a matrix of kernels x knobs x seeds")
     m.add_argument("matrix_yaml")
     m.add_argument("--results", default=None)
+    m.add_argument("--list", action="store_true", help="print one line per cell (stable id, name) and exit")
+    m.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (cells by sorted id)")
+    m.add_argument("--jobs", default="1", metavar="N|auto", help="cells run at once (auto: cores and memory)")
+
+    mg = sub.add_parser("merge", help="join shard folders of one matrix into one matrix folder")
+    mg.add_argument("shard_dirs", nargs="+", metavar="DIR")
+    mg.add_argument("--results", default=None, help="results root for the merged folder (default: results/)")
 
     rep = sub.add_parser("reproduce", help="re-run a results folder's case with the same inputs")
     rep.add_argument("run_dir")
+    rep.add_argument("--tries", type=int, default=1, help="rerun N times; run.json gets the reproduction rate")
+
+    bi = sub.add_parser("bisect", help="find the first patch of a series that gives a finding")
+    bi.add_argument("kernel_yaml")
+    bi.add_argument("scenario", nargs="?", default=None, help="scenario YAML (default: scenarios/default.yaml)")
+    bi.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario knob")
+    bi.add_argument("--repeats", type=int, default=3, help="clean runs that make a step good (default 3)")
+    bi.add_argument("--seed", type=int, default=None)
+    bi.add_argument("--results", default=None, help="results root (default: results/)")
+
+    lj = sub.add_parser("lava-job", help="write a LAVA job that runs a matrix (or a shard) on an x86 device")
+    lj.add_argument("matrix_yaml")
+    lj.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (harness matrix --shard)")
+    lj.add_argument("--out", default=None, metavar="FILE", help="write the job here (default: stdout)")
+    lj.add_argument("--artifacts-url", default=None, metavar="URL",
+                    help="base URL of the host images, kernel tarballs (by key) and result uploads (default: a "
+                         "placeholder to fill in)")
+    lj.add_argument("--repo", default=None, help="git URL the device clones (default: origin, else URL/"
+                                                 "kvm-dirty-harness.git)")
+
+    rm = sub.add_parser("remote", help="run a case or a matrix shard on another machine over SSH, pull results",
+                        description="HOST is user@host:port or an ssh_config alias.  After the action: its own "
+                                    "arguments and -F FILE, --identity FILE, --known-hosts FILE, "
+                                    "--accept-new-host-key, --remote-repo PATH, --results DIR "
+                                    "(`harness remote HOST run --help`).")
+    rm.add_argument("host")
+    rm.add_argument("action", choices=["run", "matrix"])
+    rm.add_argument("args", nargs=argparse.REMAINDER, help="the action's arguments and the remote options")
     return p
 
 
@@ -77,9 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "matrix":
             from harness.matrix import cli_matrix
             return cli_matrix(args)
+        if args.cmd == "merge":
+            from harness.merge import cli_merge
+            return cli_merge(args)
         if args.cmd == "reproduce":
-            from harness.report.results import cli_reproduce
-            return cli_reproduce(args.run_dir)
+            from harness.report.reproduce import cli_reproduce
+            return cli_reproduce(args.run_dir, args.tries)
+        if args.cmd == "bisect":
+            from harness.bisect import cli_bisect
+            return cli_bisect(args)
+        if args.cmd == "lava-job":
+            from harness.lava import cli_lava_job
+            return cli_lava_job(args)
+        if args.cmd == "remote":
+            from harness.remote import cli_remote
+            return cli_remote(args)
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return e.exit_code

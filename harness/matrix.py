@@ -7,6 +7,7 @@ Mutation score = mutants caught / mutants that can run here; false positives = f
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,12 @@ class Cell:
     budget: int | None = None
 
     @property
+    def id(self) -> str:
+        """Stable across runs and machines: a hash of what the cell runs (kernel, variant, seed), not its place."""
+        key = json.dumps({"kernel": self.kernel, "variant": self.variant, "seed": self.seed}, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:10]
+
+    @property
     def name(self) -> str:
         knobs = ",".join(f"{k}={v}" for k, v in self.variant.items()) or "default"
         return f"{self.kernel}[{knobs}]" + (f"@seed{self.seed}" if self.seed is not None else "")
@@ -102,8 +109,37 @@ def load_matrix(path: Path) -> Matrix:
 
 
 def expand(m: Matrix) -> list[Cell]:
-    return [Cell(k, v, g.expect, g.why, seed=sd, budget=g.budget_runs) for g in m.groups for k in g.kernels
-            for v in g.variants for sd in (m.seeds if g.cell_per_seed else [None])]
+    cells = [Cell(k, v, g.expect, g.why, seed=sd, budget=g.budget_runs) for g in m.groups for k in g.kernels
+             for v in g.variants for sd in (m.seeds if g.cell_per_seed else [None])]
+    seen: dict[str, Cell] = {}
+    for c in cells:  # the id names the cell in shards and merges: two cells with one id would be one cell
+        if c.id in seen:
+            raise InputError(f"matrix {m.name}: cell {c.name} appears twice (same kernel, variant and seed)")
+        seen[c.id] = c
+    return cells
+
+
+def seeds_of(m: Matrix, c: Cell) -> list[int]:
+    """The seeds a cell may run, in order (a finding cell stops at its first finding)."""
+    if c.seed is not None:
+        return [c.seed]
+    budget = c.budget or m.budget_runs
+    return (m.seeds * budget)[:budget]
+
+
+def cell_overrides(c: Cell) -> list[str]:
+    """A cell's --set overrides besides the seed (a finding cell stops each run at the first lost write)."""
+    return overrides_of(c.variant) + (["stop_on_first_finding=true"] if c.expect == "finding" else [])
+
+
+def run_entry(run: dict, run_dir: str, seed: int) -> dict:
+    """A run's line in matrix.json, from its run.json."""
+    t = run.get("timings", {})
+    return {"run_dir": run_dir, "verdict": run["verdict"], "seed": seed,
+            "first_finding_s": t.get("first_finding_s"), "total_s": t.get("total_s", 0),
+            "titles": [f["title"] for f in run.get("findings", [])][:5],
+            "attempts": run.get("attempts", 1), "tdp_mmu": (run.get("l1") or {}).get("tdp_mmu"),
+            "evidence": evidence(run.get("findings", []))}
 
 
 def overrides_of(variant: dict) -> list[str]:
@@ -230,66 +266,71 @@ def heatmap(cells: list[Cell], out: Path) -> None:
     plt.close(fig)
 
 
-def save(mdir: Path, m: Matrix, cells: list[Cell]) -> dict:
+def save(mdir: Path, m: Matrix, cells: list[Cell], meta: dict | None = None) -> dict:
+    """matrix.json; `meta` is the folder's identity (matrix id, harness commit, shard, cell ids, the matrix)."""
     sc = score(m, cells)
-    write_json(mdir / "matrix.json", {"name": m.name, "score": sc,
-                                      "cells": [c.__dict__ | {"outcome": c.outcome, "ok": c.ok, "retries": c.retries}
+    write_json(mdir / "matrix.json", {"name": m.name, **(meta or {}), "score": sc,
+                                      "cells": [{"id": c.id} | c.__dict__ |
+                                                {"outcome": c.outcome, "ok": c.ok, "retries": c.retries}
                                                 for c in cells]})
     return sc
 
 
+def write_outputs(mdir: Path, m: Matrix, cells: list[Cell], meta: dict | None = None, note: str = "") -> str:
+    """Everything a finished matrix folder holds besides runs/ (a run, a shard and a merge write the same)."""
+    sc = save(mdir, m, cells, meta)
+    text = note + summary(m, cells, sc)
+    atomic_write(mdir / "summary.txt", text)
+    atomic_write(mdir / "junit.xml", junit(m, cells))
+    if cells:  # an empty shard (more shards than cells) has nothing to draw
+        heatmap(cells, mdir / "heatmap.png")
+    return text
+
+
 def cli_matrix(args) -> int:
-    from harness.scenario.run import execute
-    mpath = Path(args.matrix_yaml)
-    m = load_matrix(mpath)
-    base = load_scenario(mpath.parent / m.scenario)  # validated before anything runs
-    cells = expand(m)
-    for c in cells:  # every variant must be a valid scenario: fail now, not an hour in
-        load_scenario(mpath.parent / m.scenario, overrides_of(c.variant))
-    root = Path(args.results) if args.results else results_root()
+    from harness import matrix_jobs as mj
+    from harness import matrix_shard as sh
     from harness.scenario.run import check_free_space
     from harness.vm.qemu import install_signal_handlers
+    mpath = Path(args.matrix_yaml)
+    m = load_matrix(mpath)
+    scen_path = mpath.parent / m.scenario
+    base = load_scenario(scen_path)  # validated before anything runs
+    cells = expand(m)
+    # every variant must be a valid scenario: fail now, not an hour in
+    scenarios = {c.id: load_scenario(scen_path, overrides_of(c.variant)) for c in cells}
+    index, count = sh.parse_shard(getattr(args, "shard", None))
+    mine = sh.shard_cells(cells, index, count)
+    if getattr(args, "list", False):
+        print(sh.list_text(mine), end="")
+        return EXIT_PASS
+    runnable = [c for c in mine if c.expect != "hardware-only"]
+    jobs = mj.job_count(getattr(args, "jobs", None), [scenarios[c.id] for c in runnable])
+    root = Path(args.results) if args.results else results_root()
     check_free_space(root, base)
     install_signal_handlers()  # SIGTERM during a kernel build stops the matrix too
+    meta = sh.identity(mpath, scen_path, m, index, count, mine)
     # the same lifecycle as a run's folder: .incomplete until every cell has run
-    rd = RunDir(root, f"matrix-{time.strftime('%Y%m%d-%H%M%S')}-{m.name}")
+    shard_tag = f"-shard{index}of{count}" if count > 1 else ""
+    rd = RunDir(root, f"matrix-{time.strftime('%Y%m%d-%H%M%S')}-{m.name}{shard_tag}")
     final, mdir = rd.final, rd.path
     (mdir / "runs").mkdir(parents=True)
+    save(mdir, m, mine, meta)
     kernels: dict[str, dict] = {}
-    for c in cells:
-        if c.expect == "hardware-only":
-            continue
+    for c in runnable:  # once per kernel key, in the parent: the children get the built folder
         if c.kernel not in kernels:
             kernels[c.kernel] = resolve(m.kernels[c.kernel], mpath.parent)
-        budget = 1 if c.seed is not None else (c.budget or m.budget_runs)
-        for seed in ([c.seed] if c.seed is not None else (m.seeds * budget)[:budget]):
-            ov = overrides_of(c.variant) + [f"seed={seed}"]
-            if c.expect == "finding":
-                ov.append("stop_on_first_finding=true")
-            s = load_scenario(mpath.parent / m.scenario, ov)
-            s = s.model_copy(update={"name": f"{c.kernel}"})
-            run = execute(s, kernels[c.kernel], mdir / "runs", (mpath.parent / m.scenario).read_text(), [], ov,
-                          case="default")
-            c.runs.append({"run_dir": str(final / Path(run["path"]).relative_to(mdir)), "verdict": run["verdict"],
-                           "seed": seed,
-                           "first_finding_s": run["timings"].get("first_finding_s"),
-                           "total_s": run["timings"].get("total_s", 0),
-                           "titles": [f["title"] for f in run["findings"]][:5],
-                           "attempts": run.get("attempts", 1), "tdp_mmu": run.get("l1", {}).get("tdp_mmu"),
-                           "evidence": evidence(run["findings"])})
-            if run.get("interrupted"):
-                # Ctrl-C / SIGTERM stops the whole matrix; the folder stays .incomplete with what it measured
-                save(mdir, m, cells)
-                print(f"matrix interrupted; partial results: {mdir}")
-                return EXIT_INFRA
-            if c.expect == "finding" and run["verdict"] == "finding":
-                break
-        save(mdir, m, cells)  # after every cell: a killed nightly still leaves what it measured
-    sc = save(mdir, m, cells)
-    atomic_write(mdir / "summary.txt", summary(m, cells, sc))
-    atomic_write(mdir / "junit.xml", junit(m, cells))
-    heatmap(cells, mdir / "heatmap.png")
+    ctx = mj.Context(m, scen_path.resolve(), kernels, mdir, final, jobs,
+                     {c.id: scenarios[c.id].timeouts.total_s for c in runnable})
+    # after every cell: a killed nightly still leaves what it measured
+    if mj.run_cells(mine, ctx, on_cell_done=lambda c: save(mdir, m, mine, meta)):
+        # Ctrl-C / SIGTERM stops the whole matrix; the folder stays .incomplete with what it measured
+        save(mdir, m, mine, meta)
+        print(f"matrix interrupted; partial results: {mdir}")
+        return EXIT_INFRA
+    note = f"shard {index}/{count} of matrix {meta['matrix_id']}\n" if count > 1 else ""
+    text = write_outputs(mdir, m, mine, meta, note)
     rd.finish()
-    print(summary(m, cells, sc))
+    print(text)
     print(f"matrix results: {final}")
-    return EXIT_PASS if all(c.ok for c in cells) else EXIT_FINDING
+    return EXIT_PASS if all(c.ok for c in mine) else EXIT_FINDING

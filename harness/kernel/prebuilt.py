@@ -1,6 +1,7 @@
 """The embedded default kernel: Debian's prebuilt 6.12 (linux-image-6.12.*-amd64-unsigned), unpacked into the cache.
 
 Produces the same artifact layout as `harness build`: bzImage, modules/lib/modules/<release>/, config, meta.json.
+Other Debian kernels (`--kernel debian:7.2`, from sid / trixie-backports) come from harness.kernel.debian.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def newest_package(apt_cache_output: str) -> str:
 def find_existing() -> Path | None:
     """Newest already-unpacked prebuilt kernel in the cache, so offline reruns need no apt."""
     kdir = cache_dir() / "kernels"
-    found = sorted(kdir.glob("debian-6.12.*"), key=lambda p: int(p.name.rsplit(".", 1)[-1].split("+")[0]))
+    found = sorted((p for p in kdir.glob("debian-6.12.*") if re.fullmatch(r"debian-6\.12\.\d+", p.name)),
+                   key=lambda p: int(p.name.rsplit(".", 1)[-1]))
     return found[-1] if found and (found[-1] / "meta.json").exists() else None
 
 

@@ -1,7 +1,8 @@
 """Kernel sources: KERNEL.yaml schema and the cached git work tree of a base.
 
 A base is one of
-  {debian-source: "6.12"}          Debian's linux-source-6.12 package (apt-get installed if missing)
+  {debian-source: "7.2"}           Debian's linux-source-7.2 (/usr/src if installed, else fetched through a
+                                   private apt state: harness.kernel.debian); "7.2.13-1" pins a version
   {tarball: PATH}                  any kernel tarball (one top-level folder is stripped)
   {git: PATH_OR_URL, ref: REF}     a local git tree or a URL, at REF
 
@@ -211,32 +212,21 @@ def _src_root() -> Path:
 
 
 def debian_tarball(version: str, install: bool = True) -> Path:
-    pkg = f"linux-source-{version}"
-    tb = Path(f"/usr/src/{pkg}.tar.xz")
-    if tb.is_file():
-        return tb
-    if not install:
-        raise InputError(f"{tb} missing (apt-get install {pkg})")
-    r = subprocess.run(["apt-get", "install", "-y", "-q", pkg], capture_output=True, text=True,
-                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    if r.returncode != 0 or not tb.is_file():
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
-        if "Unable to locate package" in (r.stderr or ""):
-            raise InputError(f"base debian-source {version!r}: no Debian package {pkg}")
-        raise InfraError(f"apt-get install {pkg} failed: {tail[0]}")
-    return tb
+    """linux-source-<version>'s tarball: installed in /usr/src, or fetched (install=True) through the private
+    apt state of harness.kernel.debian; install=False never downloads (InputError when absent)."""
+    from harness.kernel import debian
+    return Path(debian.source_tarball(version, fetch=install)["tarball"])
 
 
 def base_identity(inputs: KernelInputs) -> dict:
     """Cheap identity of the base, without unpacking anything (used for the cache-hit path)."""
     b = inputs.spec.base
     if isinstance(b, DebianBase):
-        tb = debian_tarball(b.debian_source)
-        sha = cached_sha256(tb)
-        ver = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", f"linux-source-{b.debian_source}"],
-                             capture_output=True, text=True).stdout.strip()
-        return {"kind": "debian-source", "package": f"linux-source-{b.debian_source}", "package_version": ver,
-                "tarball": str(tb), "sha256": sha, "id": f"debian-{b.debian_source}-{sha[:12]}"}
+        from harness.kernel import debian
+        src = debian.source_tarball(b.debian_source)      # {package, package_version, tarball, from, deb_sha256?}
+        sha = cached_sha256(Path(src["tarball"]))
+        series = debian.parse_request(b.debian_source).series
+        return {"kind": "debian-source", **src, "sha256": sha, "id": f"debian-{series}-{sha[:12]}"}
     if isinstance(b, TarballBase):
         tb = inputs.resolve(b.tarball)
         if not tb.is_file():

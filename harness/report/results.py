@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS, InputError
 from harness.report.junit import run_junit
+from harness.report.ktap import write_run_ktap
+from harness.report.plots import run_plots
+from harness.report.reproduce import cli_reproduce, reproduce_script, reproduce_sh  # noqa: F401 (moved there)
 
 SCHEMA = 1
 VERDICT_EXIT = {"pass": EXIT_PASS, "finding": EXIT_FINDING, "infra-error": EXIT_INFRA, "input-error": EXIT_INPUT}
@@ -100,24 +102,6 @@ def junit_xml(run: dict) -> str:
     return run_junit(run)
 
 
-def reproduce_sh(argv: list[str], run: dict) -> str:
-    """One file that re-runs this case with the same inputs (from a checkout of the same commit)."""
-    from harness.paths import REPO
-    seed = run.get("scenario", {}).get("seed")
-    scenario_yaml = run.get("scenario_yaml", "")
-    argv = list(argv) + [a for ov in run.get("overrides", []) if not ov.startswith("seed=") for a in ("--set", ov)]
-    return f"""#!/bin/sh
-# Reproduce run {run['run_id']} (verdict: {run['verdict']}); harness commit {run.get('versions', {}).get('harness_git', '?')}.
-# Kernel: {run.get('kernel', {}).get('release')} ({run.get('kernel', {}).get('source')})
-set -e
-cd "${{HARNESS_REPO:-{REPO}}}"
-scenario=$(mktemp --suffix=.yaml)
-cat > "$scenario" <<'SCENARIO'
-{scenario_yaml}SCENARIO
-exec .venv/bin/harness run "$scenario" --seed {seed} {' '.join(shlex.quote(a) for a in argv)}
-"""
-
-
 def load_run(run_dir: str | Path) -> dict:
     p = Path(run_dir) / "run.json"
     try:
@@ -127,19 +111,15 @@ def load_run(run_dir: str | Path) -> dict:
 
 
 def cli_report(run_dir: str) -> int:
+    """Re-render summary.txt, junit.xml, results.ktap and plots/*.png from the folder's files alone."""
     run = load_run(run_dir)
     atomic_write(Path(run_dir) / "summary.txt", summary_text(run))
     atomic_write(Path(run_dir) / "junit.xml", junit_xml(run))
+    ktap = write_run_ktap(run, Path(run_dir) / "results.ktap")
+    pngs = run_plots(run_dir)
     sys.stdout.write(summary_text(run))
+    sys.stdout.write("".join(f"wrote    {p}\n" for p in [ktap, *pngs]))
     return VERDICT_EXIT.get(run["verdict"], EXIT_INFRA)
-
-
-def cli_reproduce(run_dir: str) -> int:
-    script = Path(run_dir) / "reproduce.sh"
-    if not script.exists():
-        raise InputError(f"{script} not found")
-    os.execvp("sh", ["sh", str(script)])
-    return 0
 
 
 def now_id(name: str, seed: int) -> str:

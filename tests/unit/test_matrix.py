@@ -76,24 +76,4 @@ def test_evidence_names_gfn_pfn_rule_and_patch():
     assert evidence([{"oracle": "infra", "kind": "oom", "title": "x"}]) == []
 
 
-def test_an_interrupted_run_stops_the_whole_matrix(tmp_path, monkeypatch):
-    import argparse
-    import harness.matrix as M
-    import harness.scenario.run as R
-    p = tmp_path / "m.yaml"
-    (tmp_path / "s.yaml").write_text("seed: 1\n")
-    p.write_text("name: x\nscenario: s.yaml\nkernels: {a: {prebuilt: true}, b: {prebuilt: true}}\n"
-                 "groups: [{kernels: [a, b], expect: clean}]\n")
-    calls = []
-
-    def fake_execute(s, meta, root, *a, **k):
-        calls.append(s.name)
-        d = root / "r1"
-        d.mkdir()
-        return {"path": str(d), "verdict": "infra-error", "interrupted": True, "timings": {}, "findings": []}
-    monkeypatch.setattr(R, "execute", fake_execute)
-    monkeypatch.setattr(M, "resolve", lambda ref, base: {"release": "x"})
-    rc = M.cli_matrix(argparse.Namespace(matrix_yaml=str(p), results=str(tmp_path / "res")))
-    assert rc == 3 and calls == ["a"]
-    (mdir,) = (tmp_path / "res").iterdir()
-    assert mdir.name.endswith(".incomplete") and (mdir / "matrix.json").exists()
+# test_an_interrupted_run_stops_the_whole_matrix: in test_matrix_shard_jobs.py (runs are child processes now)

@@ -1,0 +1,126 @@
+"""harness remote: HOST parsing, argument building, remote paths, kernel manifests and the no-secrets check."""
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from harness import remote
+from harness.cli import _parser
+from harness.errors import InputError
+
+
+@pytest.mark.parametrize("spec,host,user,port,label", [
+    ("root@127.0.0.1:2222", "127.0.0.1", "root", 2222, "root@127.0.0.1:2222"),
+    ("box", "box", None, None, "box"),
+    ("lab-box.example.org", "lab-box.example.org", None, None, "lab-box.example.org"),
+    ("me@box", "box", "me", None, "me@box"),
+    ("box:22", "box", None, 22, "box:22"),
+    ("ci@[2001:db8::1]:2200", "2001:db8::1", "ci", 2200, "ci@[2001:db8::1]:2200"),
+])
+def test_parse_host(spec, host, user, port, label):
+    h = remote.parse_host(spec)
+    assert (h.host, h.user, h.port) == (host, user, port)
+    assert h.label() == label
+
+
+@pytest.mark.parametrize("spec", ["", "a@b@c", "host:port", "host:0", "host:70000", "user@", "@host", "a b",
+                                  "host:22:33"])
+def test_bad_host_is_input_error(spec):
+    with pytest.raises(InputError, match="HOST"):
+        remote.parse_host(spec)
+
+
+def test_cli_hands_everything_after_the_action_to_remote():
+    a = _parser().parse_args(["remote", "me@box:2200", "run", "s.yaml", "--identity", "k", "--set", "seed=3",
+                              "-h"])
+    assert (a.cmd, a.host, a.action) == ("remote", "me@box:2200", "run")
+    assert a.args == ["s.yaml", "--identity", "k", "--set", "seed=3", "-h"]
+
+
+def test_split_args_run_keeps_harness_flags_and_takes_remote_options():
+    ns, passed = remote.split_args("run", [
+        "s.yaml", "--set", "ledger.rounds=3", "--identity", "~/.ssh/lab", "--seed", "5", "-F", "cfg",
+        "--known-hosts", "kh", "--accept-new-host-key", "--remote-repo", "/srv/h", "--results", "out",
+        "--set", "thp=always", "--kernel", "kdir", "--future-flag=1"])
+    assert ns.target == "s.yaml" and ns.identity == ["~/.ssh/lab"] and ns.ssh_config == "cfg"
+    assert ns.known_hosts == "kh" and ns.accept_new_host_key and ns.remote_repo == "/srv/h"
+    assert ns.results == "out" and ns.kernel == "kdir"
+    assert passed == ["--seed", "5", "--set", "ledger.rounds=3", "--set", "thp=always", "--future-flag=1"]
+
+
+def test_split_args_defaults_and_matrix():
+    ns, passed = remote.split_args("matrix", ["m.yaml", "--shard", "2/4", "--jobs", "auto", "--list"])
+    assert ns.target == "m.yaml" and ns.remote_repo == "~/kvm-dirty-harness" and not ns.accept_new_host_key
+    assert ns.identity == [] and ns.results is None
+    assert passed == ["--shard", "2/4", "--jobs", "auto", "--list"]
+    with pytest.raises(InputError, match="matrix YAML is required"):
+        remote.split_args("matrix", ["--shard", "1/2"])
+    with pytest.raises(InputError, match="exclusive"):
+        remote.split_args("run", ["--kernel", "k", "--build", "b.yaml"])
+
+
+@pytest.mark.parametrize("path,quoted", [
+    ("~/kvm-dirty-harness", '"$HOME"/kvm-dirty-harness'),
+    ("~", '"$HOME"'),
+    ("/srv/my repo", "'/srv/my repo'"),
+    ("~/a;rm -rf x", '"$HOME"/\'a;rm -rf x\''),
+])
+def test_remote_quoting(path, quoted):
+    assert remote.rq(path) == quoted
+    out = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True,
+                         env={"HOME": "/h"}).stdout
+    assert out == path.replace("~", "/h", 1)
+
+
+def test_matrix_references_become_remote(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "scenarios").mkdir(parents=True)
+    (repo / "kernels").mkdir()
+    m = repo / "scenarios/m.yaml"
+    m.write_text("name: m\nscenario: default.yaml\nkernels:\n  a: {build: ../kernels/a.yaml, mutant: true}\n"
+                 "  d: {prebuilt: true}\ngroups: [{kernels: [a, d], expect: clean}]\n")
+    doc = yaml.safe_load(remote.matrix_for_remote(m, "/r", "/tmp/x/inputs/scenario-default.yaml", repo))
+    assert doc["scenario"] == "/tmp/x/inputs/scenario-default.yaml"
+    assert doc["kernels"] == {"a": {"build": "/r/kernels/a.yaml", "mutant": True}, "d": {"prebuilt": True}}
+    assert doc["groups"] == [{"kernels": ["a", "d"], "expect": "clean"}]
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("name: o\nkernels: {a: {build: ../../etc/k.yaml}}\ngroups: []\n")
+    with pytest.raises(InputError, match="outside the checkout"):
+        remote.matrix_for_remote(outside, "/r", "/s.yaml", repo)
+
+
+def test_kernel_manifest_hash_and_remote_sums(tmp_path):
+    k = tmp_path / "k"
+    (k / "modules/lib/modules/6.12").mkdir(parents=True)
+    (k / "bzImage").write_bytes(b"kernel")
+    (k / "modules/lib/modules/6.12/a.ko").write_bytes(b"mod")
+    (k / "modules/lib/modules/6.12/build").symlink_to("/nonexistent")
+    man = remote.manifest(k)
+    assert set(man) == {"bzImage", "modules/lib/modules/6.12/a.ko"}
+    sums = subprocess.run("find . -type f -print0 | xargs -0r sha256sum", shell=True, cwd=k, capture_output=True,
+                          text=True).stdout
+    assert remote.parse_sums(sums) == man
+    h = remote.artifact_hash(man)
+    assert len(h) == 16 and h == remote.artifact_hash(dict(reversed(list(man.items()))))
+    (k / "bzImage").write_bytes(b"kernel2")
+    assert remote.artifact_hash(remote.manifest(k)) != h
+
+
+def test_no_secrets_check_finds_private_key_material(tmp_path):
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    secrets = remote.key_material([key, tmp_path / "absent", key.with_suffix(".pub")])
+    assert secrets and all(len(s) >= 16 for s in secrets)
+    assert all(s not in key.with_suffix(".pub").read_bytes() for s in secrets)  # the public key is no secret
+    run = tmp_path / "run"
+    (run / "cases/default").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"verdict": "pass"}))
+    (run / "cases/default/l1-console.log").write_bytes(b"boot ok\n" + key.with_suffix(".pub").read_bytes())
+    assert remote.secret_hits(run, secrets) == []
+    leak = run / "cases/default/leak.txt"
+    leak.write_bytes(b"noise " + key.read_bytes().splitlines()[2] + b" noise")
+    assert remote.secret_hits(run, secrets) == [leak]
+    with pytest.raises(Exception, match="private key material"):
+        remote.record([run], {"host": "h"}, secrets)
+    assert not leak.exists() and json.loads((run / "remote.json").read_text()) == {"host": "h"}
