@@ -4,6 +4,8 @@ A cell expected to find (`expect: finding`) runs seed after seed until it finds 
 each run at the first lost write); a cell expected clean runs its whole budget.  Outputs in
 results/matrix-<id>/: matrix.json, summary.txt, junit.xml (one test case per cell), heatmap.png, runs/.
 Mutation score = mutants caught / mutants that can run here; false positives = finding runs in clean cells.
+Each cell has a stable id (harness.matrix_shard: --list, --shard I/N); every run is a `harness run` child, up
+to --jobs at once (harness.matrix_jobs); `harness merge` joins shard folders (harness.merge).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ Expect = Literal["clean", "finding", "hardware-only"]
 class KernelRef(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     prebuilt: bool = False
+    debian: str | None = None  # a Debian prebuilt by version ("7.2": the newest of that series; "7.2.13-1")
     build: str | None = None  # KERNEL.yaml, relative to the matrix file
     upto: int | None = None
     mutant: bool = False  # counts toward the mutation score
@@ -171,6 +174,9 @@ def resolve(ref: KernelRef, base: Path) -> dict:
     from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
     if ref.prebuilt:
         return load_kernel_dir(ensure_prebuilt_kernel())
+    if ref.debian:
+        from harness.kernel.debian import ensure_debian_kernel
+        return load_kernel_dir(ensure_debian_kernel(ref.debian))
     from harness.kernel.build import build_kernel
     return load_kernel_dir(Path(build_kernel((base / ref.build).resolve(), upto=ref.upto)))
 
@@ -284,6 +290,11 @@ def write_outputs(mdir: Path, m: Matrix, cells: list[Cell], meta: dict | None = 
     atomic_write(mdir / "junit.xml", junit(m, cells))
     if cells:  # an empty shard (more shards than cells) has nothing to draw
         heatmap(cells, mdir / "heatmap.png")
+        from harness.report.ktap import write_matrix_ktap
+        from harness.report.plots import matrix_plots
+        mj = json.loads((mdir / "matrix.json").read_text())
+        write_matrix_ktap(mj, mdir / "results.ktap")
+        matrix_plots(mj, mdir)
     return text
 
 

@@ -136,7 +136,7 @@ class PrivateApt:
                  os_release: Path = Path("/etc/os-release")):
         self.root = Path(root) if root else cache_dir() / "apt"
         self.sources_text, self.mirror = private_sources(system_sources(etc), os_codename(os_release))
-        self.stamp = self.root / "lists" / ".harness-updated"
+        self.stamp = self.root / "lists.updated"       # outside lists/: apt-get update cleans that folder
 
     @property
     def where(self) -> str:

@@ -79,8 +79,10 @@ def reclaim_schedule(seed: int) -> random.Random:
     return random.Random(f"reclaim-{seed}")
 
 
-INJECT_CMDS = {"kill-l2-qemu": "pkill -9 -f qemu-system; true",
-               "kill-l1-sshd": "(sleep 0.2; pkill -9 dropbear) >/dev/null 2>&1 &"}
+# by /proc/*/comm: L1's busybox has no pkill
+_KILL_COMM = "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = {comm} ] && kill -9 ${{p#/proc/}}; done; true"
+INJECT_CMDS = {"kill-l2-qemu": _KILL_COMM.format(comm="qemu-system-x86"),
+               "kill-l1-sshd": f"(sleep 0.2; {_KILL_COMM.format(comm='dropbear')}) >/dev/null 2>&1 &"}
 _L2_INIT = b"HARNESS-L2: init"
 _RC_RE = re.compile(r"^-?\d+$")
 

@@ -6,7 +6,9 @@ runs a real kernel.  Anything else → TCG (-accel tcg,thread=multi -cpu max), w
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -72,12 +74,42 @@ def probe_kvm(kernel: Path, timeout: float = 30.0) -> tuple[bool, str]:
         return judge_probe(rc, console)
 
 
+def host_identity() -> str:
+    """What the probe's answer depends on: this boot of the host (its KVM) and the QEMU binary."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+    qemu = shutil.which(QEMU)
+    return f"{boot} {qemu} {os.stat(qemu).st_mtime_ns if qemu else 0}"
+
+
+def cached_probe(kernel: Path) -> tuple[bool, str]:
+    """Probe once per host boot: a KVM that hangs the probe costs its full timeout (30 s here) on every run
+    otherwise.  A probe that passed is not cached (a kernel that boots under KVM proves it every time)."""
+    from harness.paths import cache_dir
+    ident = host_identity()
+    path = cache_dir() / "accel-probe.json"
+    try:
+        rec = json.loads(path.read_text())
+        if ident and rec.get("host") == ident:
+            return False, rec["reason"] + " (probed once this host boot)"
+    except (OSError, ValueError, KeyError):
+        pass
+    ok, reason = probe_kvm(kernel)
+    if not ok and ident:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"host": ident, "reason": reason}) + "\n")
+        os.replace(tmp, path)
+    return ok, reason
+
+
 def choose_accel(kernel: Path, force: str | None = None) -> Accel:
     vendor = host_cpu_vendor()
     force = force or os.environ.get("HARNESS_ACCEL")
     if force == "tcg":
         return Accel("tcg", "forced by HARNESS_ACCEL=tcg", vendor, TCG, 1.0)
-    ok, reason = probe_kvm(kernel)
+    ok, reason = probe_kvm(kernel) if force == "probe" else cached_probe(kernel)
     if ok:
         return Accel("kvm", reason, vendor, KVM, 0.5)
     return Accel("tcg", reason + "; falling back to TCG", vendor, TCG, 1.0)

@@ -172,3 +172,28 @@ def test_a_small_case_runs_over_ssh_and_its_results_come_back_whole(sshd, tmp_pa
     assert len(secrets) >= 6 and remote.secret_hits(path, secrets) == []
     assert not any(".remote-pull-" in p.name for p in results_dir.iterdir())
     print(f"remote case took {time.monotonic() - t0:.1f} s")
+
+
+def test_interrupt_here_stops_the_remote_run_and_pulls_its_partial_folder(sshd, tmp_path, results_dir):
+    """Ctrl-C on the laptop = SIGINT to the remote harness: it reaps its QEMUs, its folder stays .incomplete
+    and is still pulled back; exit 3."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts_line())
+    proc = harness_remote(sshd, tmp_path, "run", str(SMALL), "--results", str(results_dir), known_hosts=kh,
+                          popen=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "L2 started" in line:
+            break
+    tmps = remote_tmps("".join(seen))
+    assert tmps and qemus_under(Path(next(iter(tmps)))), "".join(seen)
+    proc.send_signal(2)
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 3, out[-2000:]
+    (path,) = list(results_dir.iterdir())
+    assert path.name.endswith(".incomplete") and (path / "remote.json").is_file()
+    assert json.loads((path / "run.json").read_text())["interrupted"]
+    (tmp,) = tmps
+    time.sleep(1)
+    assert qemus_under(Path(tmp)) == [] and not Path(tmp).exists()

@@ -23,3 +23,25 @@ def test_timeout_is_not_usable():
 def test_cpu_vendor_parse():
     assert host_cpu_vendor("processor: 0\nvendor_id\t: GenuineIntel\n") == "GenuineIntel"
     assert host_cpu_vendor("nothing") == "unknown"
+
+
+def test_a_failed_probe_is_made_once_per_host_boot(tmp_path, monkeypatch):
+    from harness.vm import accel
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(accel, "probe_kvm", lambda k: calls.append(k) or (False, "KVM probe timed out"))
+    assert accel.choose_accel(tmp_path / "bzImage").mode == "tcg"
+    second = accel.choose_accel(tmp_path / "bzImage")
+    assert second.mode == "tcg" and "probed once this host boot" in second.reason and len(calls) == 1
+    monkeypatch.setattr(accel, "host_identity", lambda: "another boot")
+    accel.choose_accel(tmp_path / "bzImage")
+    assert len(calls) == 2
+
+
+def test_a_passing_probe_is_never_cached(tmp_path, monkeypatch):
+    from harness.vm import accel
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(accel, "probe_kvm", lambda k: calls.append(k) or (True, "booted"))
+    assert accel.choose_accel(tmp_path / "k").mode == "kvm" and accel.choose_accel(tmp_path / "k").mode == "kvm"
+    assert len(calls) == 2

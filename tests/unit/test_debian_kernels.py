@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -105,6 +106,47 @@ def test_private_apt_command_never_touches_the_system_state(tmp_path):
     assert opts["Dir::Etc::Preferences"] == opts["Dir::Etc::PreferencesParts"] == "/dev/null"
     assert not any(v.startswith(("/etc/apt", "/var/lib/apt", "/var/cache/apt")) for v in opts.values())
     assert "deb.debian.org/debian" in apt.sources_text and "sid trixie-backports" in apt.sources_text
+
+
+def test_lists_refresh_policy_and_offline(tmp_path, monkeypatch):
+    from harness.errors import InfraError
+    etc = tmp_path / "etc/apt"
+    etc.mkdir(parents=True)
+    (etc / "sources.list").write_text("deb http://deb.debian.org/debian bookworm main\n")
+    apt = PrivateApt(tmp_path / "apt", etc=etc)
+    calls = []
+
+    def offline():
+        calls.append(1)
+        raise InfraError("apt-get update failed (offline?)")
+    monkeypatch.setattr(apt, "update", offline)
+    with pytest.raises(InfraError, match="offline"):          # no lists at all: cannot go on
+        apt.ensure_lists()
+    (tmp_path / "apt/sources.list.d").mkdir(parents=True)
+    (tmp_path / "apt/sources.list.d/harness.sources").write_text(apt.sources_text)
+    apt.stamp.touch()
+    apt.ensure_lists()                                         # fresh lists: no update
+    assert calls == [1]
+    old = time.time() - debian.LISTS_MAX_AGE_S - 60
+    os.utime(apt.stamp, (old, old))
+    apt.ensure_lists()                                         # stale + offline: the old lists do
+    assert calls == [1, 1]
+
+
+def test_offline_uses_a_cached_kernel_of_the_series(tmp_path, monkeypatch):
+    from harness.errors import InfraError
+    k = cache_dir() / "kernels/debian-pkg-7.2.12-1~bpo13+1"
+    k.mkdir(parents=True)
+    (k / "meta.json").write_text(json.dumps({"source": "debian-package", "version": "7.2.12-1~bpo13+1"}))
+
+    class Offline:
+        def __init__(self):
+            raise InfraError("apt-get update failed (offline?)")
+    monkeypatch.setattr(debian, "PrivateApt", Offline)
+    logged = []
+    assert debian.ensure_debian_kernel("7.2", log=logged.append) == k and "offline" in logged[0]
+    with pytest.raises(InfraError, match="offline"):
+        debian.ensure_debian_kernel("7.3", log=logged.append)
 
 
 # ----------------------------------------------------------------------------------------------------------

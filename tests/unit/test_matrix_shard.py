@@ -1,5 +1,4 @@
 """Stable cell ids, `--list`, `--shard I/N` and `harness merge` (fake shard folders, no QEMU)."""
-import argparse
 import json
 
 import pytest
