@@ -9,13 +9,13 @@ from harness.errors import EXIT_INFRA, EXIT_INPUT, HarnessError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description=__doc__)
+    p = argparse.ArgumentParser(prog="harness", description="kvm-dirty-harness: prove that a KVM memory-management patch loses no guest writes")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="boot L1 -> L2 under L1's KVM, run the ledger under reclaim, judge it")
     r.add_argument("scenario", nargs="?", default=None, help="scenario YAML (default: scenarios/default.yaml)")
     k = r.add_mutually_exclusive_group()
-    k.add_argument("--kernel", help="kernel folder with bzImage and modules/ (default: Debian's prebuilt 6.12)")
+    k.add_argument("--kernel", help="kernel folder with bzImage and modules/, or debian:VERSION (7.2, 7.2.13-1…; default: Debian's prebuilt 6.12)")
     k.add_argument("--build", help="KERNEL.yaml: build (or take from cache) and boot that kernel")
     r.add_argument("--upto", type=int, default=None, help="with --build: apply only the first N patches")
     r.add_argument("--seed", type=int, default=None)

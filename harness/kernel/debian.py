@@ -589,5 +589,9 @@ def source_tarball(version: str, fetch: bool = True, log=_log) -> dict:
         meta = {"package": pkg, "package_version": st["Version"], "tarball": str(dest / tars[0].name),
                 "from": "fetched", "deb": deb.name, "deb_sha256": st["SHA256"], "mirror": apt.mirror}
         (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        out.rename(dest)
+        try:
+            out.rename(dest)
+        except OSError:
+            if not (dest / "meta.json").is_file():    # another build fetched it first: fine
+                raise
     return meta

@@ -63,6 +63,7 @@ def git_rev() -> str:
 
 def kernel_identity(meta: dict) -> dict:
     return {"release": meta.get("release"), "source": meta.get("source"), "base": meta.get("base"),
+            "package": meta.get("package"), "version": meta.get("version"), "sha256": meta.get("sha256"),
             "patches": meta.get("patches", []), "config_sha256": meta.get("config_sha256"),
             "dir": meta.get("dir"), "key": meta.get("key")}
 
