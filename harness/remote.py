@@ -73,8 +73,9 @@ def option_parser(action: str) -> argparse.ArgumentParser:
     p.add_argument("--remote-repo", default="~/kvm-dirty-harness", help="the project's checkout on HOST")
     p.add_argument("--results", help="local results root the results are pulled into (default: results/)")
     if action == "run":
-        p.add_argument("--kernel", help="local kernel folder: pushed into the remote's cache (by hash)")
-        p.add_argument("--build", help="KERNEL.yaml of this checkout: built on the remote from its checkout")
+        k = p.add_mutually_exclusive_group()
+        k.add_argument("--kernel", help="local kernel folder: pushed into the remote's cache (by hash)")
+        k.add_argument("--build", help="KERNEL.yaml of this checkout: built on the remote from its checkout")
     for flag in PASS_THROUGH[action]:
         p.add_argument(flag, action="append", default=[])
     return p
@@ -89,8 +90,6 @@ def split_args(action: str, argv: list[str]) -> tuple[argparse.Namespace, list[s
             passed += [flag, v]
     if action == "matrix" and not ns.target:
         raise InputError("harness remote HOST matrix: a matrix YAML is required")
-    if getattr(ns, "kernel", None) and getattr(ns, "build", None):
-        raise InputError("--kernel and --build are exclusive")
     return ns, passed + rest
 
 
@@ -101,29 +100,31 @@ def rq(path: str) -> str:
     return shlex.quote(path)
 
 
-def remap_into(repo_remote: str, ref: str, base: Path, local_repo: Path = REPO) -> str:
-    """A local path of this checkout → the same file in the remote checkout."""
-    target = (base / ref).resolve()
+def in_checkout(path: Path, local_repo: Path = REPO) -> str:
+    """A local file of this checkout → its path relative to the checkout (the remote has the same layout)."""
     try:
-        rel = target.relative_to(local_repo.resolve())
+        return Path(path).resolve().relative_to(local_repo.resolve()).as_posix()
     except ValueError:
-        raise InputError(f"{ref} is outside the checkout {local_repo}: the remote can only use files of its "
-                         "own checkout") from None
-    return f"{repo_remote}/{rel.as_posix()}"
+        raise InputError(f"{path} is outside the checkout {local_repo}: relative references from it are "
+                         "resolved against the remote checkout, so it must be inside this one") from None
 
 
-def matrix_for_remote(path: Path, repo_remote: str, scenario_remote: str,
-                      local_repo: Path = REPO) -> bytes:
-    """The matrix with its relative references made remote: the scenario is pushed next to it, KERNEL.yaml
-    files (and their patch series) are the remote checkout's."""
-    doc = yaml.safe_load(path.read_text())
-    if not isinstance(doc, dict):
-        return path.read_bytes()  # not a matrix: the remote harness says so
-    doc["scenario"] = scenario_remote
-    for k in (doc.get("kernels") or {}).values():
-        if isinstance(k, dict) and isinstance(k.get("build"), str):
-            k["build"] = remap_into(repo_remote, k["build"], path.parent, local_repo)
-    return yaml.safe_dump(doc, sort_keys=False).encode()
+def mirror_script(repo: str, dest: str, pushed: list[str]) -> str:
+    """Shell that makes `dest` the remote checkout as symlinks, with real folders along the pushed files'
+    paths: a pushed matrix's relative references (its scenario, ../kernels/…) resolve as in the checkout,
+    and its bytes stay the local ones (a matrix's id, which `harness merge` checks, is a hash of them)."""
+    dirs: dict[str, set[str]] = {}
+    for p in pushed:
+        parts = p.split("/")
+        for i in range(len(parts)):
+            dirs.setdefault("/".join(parts[:i]), set()).add(parts[i])
+    out = []
+    for d, skip in sorted(dirs.items()):
+        src, dst = shlex.quote(f"{repo}/{d}".rstrip("/")), shlex.quote(f"{dest}/{d}".rstrip("/"))
+        out.append(f"mkdir -p {dst} && for e in {src}/* {src}/.[!.]*; do case \"${{e##*/}}\" in "
+                   f"{'|'.join(shlex.quote(n) for n in sorted(skip))}) continue;; esac; "
+                   f"if [ -e \"$e\" ] || [ -L \"$e\" ]; then ln -s \"$e\" {dst}/; fi; done")
+    return " && ".join(out)
 
 
 def manifest(kdir: Path) -> dict[str, str]:
@@ -145,12 +146,7 @@ def artifact_hash(man: dict[str, str]) -> str:
 
 def parse_sums(text: str) -> dict[str, str]:
     """`sha256sum` output of `find . -type f` → {relative path: sha256}."""
-    out = {}
-    for line in text.splitlines():
-        m = re.fullmatch(r"([0-9a-f]{64}) [ *]\./(.+)", line)
-        if m:
-            out[m.group(2)] = m.group(1)
-    return out
+    return {path: h for h, path in re.findall(r"^([0-9a-f]{64}) [ *]\./(.+)$", text, re.M)}
 
 
 def key_material(paths) -> list[bytes]:
@@ -167,13 +163,8 @@ def key_material(paths) -> list[bytes]:
 
 
 def secret_hits(folder: Path, secrets: list[bytes]) -> list[Path]:
-    hits = []
-    for p in sorted(Path(folder).rglob("*")):
-        if p.is_file() and not p.is_symlink() and secrets:
-            data = p.read_bytes()
-            if any(s in data for s in secrets):
-                hits.append(p)
-    return hits
+    files = [p for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.is_symlink()]
+    return [p for p in files if (data := p.read_bytes()) and any(s in data for s in secrets)]
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -184,7 +175,7 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
     """RejectPolicy, or OpenSSH's accept-new: record the key in the user's known_hosts, then connect."""
 
     def __init__(self, accept_new: bool, user_file: Path, files: list[Path]):
-        self.accept_new, self.user_file, self.files = accept_new, user_file, files
+        self.accept_new, self.user_file, self.files = accept_new, user_file, files  # files: for the message
 
     def missing_host_key(self, client, hostname, key):
         if not self.accept_new:
@@ -263,14 +254,14 @@ def sh(c: fabric.Connection, script: str, **kw):
 
 def probe(c: fabric.Connection, repo: str, label: str) -> dict:
     """The remote checkout: exists, its commit, whether it has a .venv; plus $HOME and a fresh temp folder."""
-    r = sh(c, f"cd {rq(repo)} 2>/dev/null && test -f pyproject.toml || exit 20; pwd -P; "
+    r = sh(c, f"cd {rq(repo)} 2>/dev/null && test -f pyproject.toml || exit 20; echo @@probe; pwd -P; "
               "git rev-parse HEAD 2>/dev/null || echo '?'; "
               "git status --porcelain --untracked-files=no 2>/dev/null | head -c1 | wc -c; "
               "test -x .venv/bin/harness && echo venv || echo novenv; echo \"$HOME\"; "
               "mktemp -d \"${TMPDIR:-/tmp}/harness-remote.XXXXXX\"")
     if r.exited == 20:
         raise InputError(f"{label}: no checkout of the project at {repo} (give --remote-repo PATH)")
-    lines = r.stdout.split("\n")
+    lines = r.stdout.partition("@@probe\n")[2].split("\n")  # after the marker: a login shell may print first
     if r.exited != 0 or len(lines) < 6:
         raise InfraError(f"{label}: probing {repo} failed (exit {r.exited}): {r.stderr.strip()[-300:]}")
     return {"repo": lines[0], "commit": lines[1], "dirty": lines[2].strip() != "0", "venv": lines[3] == "venv",
@@ -279,8 +270,8 @@ def probe(c: fabric.Connection, repo: str, label: str) -> dict:
 
 def local_commit() -> str:
     try:
-        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-        return r.stdout.strip() or "?"
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip() or "?"
     except OSError:
         return "?"
 
@@ -309,8 +300,6 @@ def remote_sums(c: fabric.Connection, rdir: str) -> dict[str, str]:
 
 def push_kernel(c: fabric.Connection, kdir: Path, home: str) -> dict:
     """The kernel folder into ~/.cache/kvm-dirty-harness/remote-kernels/<hash>/, only what differs by hash."""
-    from harness.kernel.prebuilt import load_kernel_dir
-    load_kernel_dir(kdir)  # a bad folder is bad input here, before anything is sent
     man = manifest(kdir)
     h = artifact_hash(man)
     rdir = f"{home}/{REMOTE_KERNELS}/{h}"
@@ -326,32 +315,56 @@ def push_kernel(c: fabric.Connection, kdir: Path, home: str) -> dict:
     return {"hash": h, "remote_dir": rdir, "files": len(man), "pushed": len(need)}
 
 
-def stage_inputs(c: fabric.Connection, action: str, ns, info: dict) -> tuple[list[str], dict | None]:
-    """Push local inputs into the remote temp folder; returns the remote harness's leading argv."""
-    inputs, items, argv, kernel = f"{info['tmp']}/inputs", [], [action], None
+def plan_inputs(action: str, ns) -> dict:
+    """The local side of the inputs, checked before connecting: bad input costs no SSH session."""
+    plan: dict = {"files": [], "mirror": [], "target": None, "build": None, "kernel": None}
     target = Path(ns.target) if ns.target else None
-    if target is not None and not target.is_file():
-        raise InputError(f"cannot read {'scenario' if action == 'run' else 'matrix'} {target}")
-    if action == "matrix":
-        m = yaml.safe_load(target.read_text()) or {}
-        scen = target.parent / (m.get("scenario", "default.yaml") if isinstance(m, dict) else "default.yaml")
-        if not scen.is_file():
-            raise InputError(f"{target}: cannot read its scenario {scen}")
-        items.append((f"scenario-{scen.name}", scen.read_bytes()))
-        items.append((target.name, matrix_for_remote(target, info["repo"], f"{inputs}/scenario-{scen.name}")))
-    elif target is not None:
-        items.append((target.name, target.read_bytes()))
     if target is not None:
-        argv.append(f"{inputs}/{target.name}")
+        what = "scenario" if action == "run" else "matrix"
+        try:
+            data = target.read_bytes()
+            doc = yaml.safe_load(data)
+        except OSError as e:
+            raise InputError(f"cannot read {what} {target}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            raise InputError(f"malformed YAML in {target}{f' at line {mark.line + 1}' if mark else ''}: "
+                             f"{getattr(e, 'problem', None) or e}") from None
+        if action == "run":
+            plan["files"], plan["target"] = [(f"inputs/{target.name}", data)], f"inputs/{target.name}"
+        else:
+            scen = target.parent / (doc.get("scenario", "default.yaml") if isinstance(doc, dict) else "default.yaml")
+            if not scen.is_file():
+                raise InputError(f"{target}: cannot read its scenario {scen}")
+            rel = in_checkout(target)
+            plan["mirror"], plan["target"] = [(rel, data), (in_checkout(scen), scen.read_bytes())], f"tree/{rel}"
     if action == "run" and ns.build:
-        argv += ["--build", remap_into(info["repo"], ns.build, Path.cwd())]
+        plan["build"] = in_checkout(Path(ns.build))
     if action == "run" and ns.kernel:
+        from harness.kernel.prebuilt import load_kernel_dir
         if not Path(ns.kernel).is_dir():
             raise InputError(f"kernel folder {ns.kernel} does not exist")
-        kernel = push_kernel(c, Path(ns.kernel), info["home"])
+        load_kernel_dir(Path(ns.kernel))
+        plan["kernel"] = Path(ns.kernel)
+    return plan
+
+
+def stage_inputs(c: fabric.Connection, action: str, plan: dict, info: dict) -> tuple[list[str], dict | None]:
+    """Push the planned inputs into the remote temp folder; returns the remote harness's leading argv."""
+    tmp, argv, kernel = info["tmp"], [action], None
+    if plan["mirror"]:
+        if (r := sh(c, mirror_script(info["repo"], f"{tmp}/tree", [p for p, _ in plan["mirror"]]))).exited:
+            raise InfraError(f"mirroring the remote checkout failed: {r.stderr.strip()[-300:]}")
+        push_tar(c, f"{tmp}/tree", plan["mirror"])
+    if plan["files"]:
+        push_tar(c, tmp, plan["files"])
+    if plan["target"]:
+        argv.append(f"{tmp}/{plan['target']}")
+    if plan["build"]:
+        argv += ["--build", f"{info['repo']}/{plan['build']}"]
+    if plan["kernel"]:
+        kernel = push_kernel(c, plan["kernel"], info["home"])
         argv += ["--kernel", kernel["remote_dir"]]
-    if items:
-        push_tar(c, inputs, items)
     return argv, kernel
 
 
@@ -392,10 +405,8 @@ def pull(c: fabric.Connection, rdir: str, root: Path) -> list[Path]:
             raise InfraError(f"pulling {rdir} failed: {ch.makefile_stderr('rb').read().decode()[-300:]}")
         out = []
         for p in sorted(stage.iterdir()):
-            dest, n = root / p.name, 1
-            while dest.exists():
-                n += 1
-                dest = root / f"{p.name}-{n}"
+            dest = root / p.name
+            dest = root / f"{p.name}-{stage.name[-8:]}" if dest.exists() else dest  # never onto a folder
             os.replace(p, dest)
             out.append(dest)
         return out
@@ -420,6 +431,7 @@ def cli_remote(args) -> int:
     ns, passed = split_args(args.action, args.args)
     root = Path(ns.results) if ns.results else results_root()
     t0, started = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    plan = plan_inputs(args.action, ns)
     c = connect(host, ns)
     try:
         info = probe(c, ns.remote_repo, host.label())
@@ -428,12 +440,15 @@ def cli_remote(args) -> int:
             print(f"remote: warning: the remote checkout is at {info['commit'][:12]}, this one at {mine[:12]}: "
                   "the remote's code runs (both recorded in remote.json)", file=sys.stderr)
         try:
-            argv, kernel = stage_inputs(c, args.action, ns, info)
+            argv, kernel = stage_inputs(c, args.action, plan, info)
             argv += passed + ["--results", f"{info['tmp']}/results"]
             code = run_remote(c, info, argv)
             folders = pull(c, f"{info['tmp']}/results", root)
         finally:
-            sh(c, f"rm -rf -- {shlex.quote(info['tmp'])}")
+            try:
+                sh(c, f"rm -rf -- {shlex.quote(info['tmp'])}")
+            except (OSError, paramiko.SSHException):
+                print(f"remote: could not remove {info['tmp']} on {host.label()}", file=sys.stderr)
         facts = {"schema": 1, "host": host.label(), "remote_repo": info["repo"], "remote_commit": info["commit"],
                  "remote_dirty": info["dirty"], "local_commit": mine, "commits_match": info["commit"] == mine,
                  "argv": argv, "kernel": kernel, "remote_tmp": info["tmp"], "exit_code": code,

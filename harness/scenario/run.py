@@ -21,7 +21,7 @@ from harness.evidence import CaseEvidence, Finding, Judgement, infra
 from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
 from harness.oracles import judge as judge_mod
 from harness.paths import REPO, results_root
-from harness.report.results import (VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, reproduce_sh,
+from harness.report.results import (VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, reproduce_script,
                                     summary_text, write_json)
 from harness.report.ktap import write_run_ktap as write_ktap
 from harness.report.plots import run_plots
@@ -156,7 +156,7 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     if attempt1_s is not None:
         ev.info["timings"]["attempt1_s"] = attempt1_s
     run = record(rd.run_id, s, scenario_yaml, overrides, kernel, ev, verdict, infra_events, interrupted, t0)
-    return write_run(rd, cdir, run, kernel_argv, interrupted)
+    return write_run(rd, cdir, run, meta, interrupted)
 
 
 def save_evidence(ev: CaseEvidence, cdir: Path) -> None:
@@ -189,10 +189,11 @@ def record(run_id: str, s: Scenario, scenario_yaml: str, overrides, kernel: dict
             "host": {"machine": platform.machine(), "cpus": os.cpu_count()}}
 
 
-def write_run(rd: RunDir, cdir: Path, run: dict, kernel_argv, interrupted: bool) -> dict:
+def write_run(rd: RunDir, cdir: Path, run: dict, meta: dict, interrupted: bool) -> dict:
     try:
         write_json(cdir / "findings.json", run["findings"])
-        atomic_write(rd.path / "reproduce.sh", reproduce_sh((kernel_argv or []), run))
+        # the one-file reproducer: the kernel's recipe (patches, configs embedded), the scenario, the seed
+        atomic_write(rd.path / "reproduce.sh", reproduce_script(run, meta))
         os.chmod(rd.path / "reproduce.sh", 0o755)
         atomic_write(rd.path / "summary.txt", summary_text(run))
         atomic_write(rd.path / "junit.xml", junit_xml(run))

@@ -141,6 +141,22 @@ def test_accept_new_records_the_key_and_a_kernel_is_pushed_once(sshd, tmp_path, 
         shutil.rmtree(cached, ignore_errors=True)
 
 
+def test_a_matrix_shard_is_the_same_shard_over_ssh(sshd, tmp_path, results_dir):
+    """The matrix and its scenario are pushed byte for byte into a symlink copy of the remote checkout (so
+    ../kernels/ resolves there): `--shard 1/3 --list` over SSH lists what it lists here."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts_line())
+    nightly = REPO / "scenarios/nightly.yaml"
+    p = harness_remote(sshd, tmp_path, "matrix", str(nightly), "--shard", "1/3", "--list",
+                       "--results", str(results_dir), known_hosts=kh, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    here = subprocess.run([sys.executable, "-m", "harness", "matrix", str(nightly), "--shard", "1/3", "--list"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert here.returncode == 0 and here.stdout.strip() and p.stdout == here.stdout
+    assert "/tree/scenarios/nightly.yaml --shard 1/3 --list" in p.stderr
+    assert not any(Path(t).exists() for t in remote_tmps(p.stderr)) and list(results_dir.iterdir()) == []
+
+
 def test_a_small_case_runs_over_ssh_and_its_results_come_back_whole(sshd, tmp_path, results_dir):
     kh = tmp_path / "known_hosts"
     kh.write_text(sshd.known_hosts_line())

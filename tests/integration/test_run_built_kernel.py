@@ -27,4 +27,11 @@ def test_built_kernel_boots_as_l1_and_run_json_names_the_patch(results_dir):
     assert [x["subject"] for x in k["patches"]] == ["KVM: x86/mmu: add a comment to tdp_mmu.c (harness test fixture)"]
     assert len(k["patches"][0]["sha256"]) == 64 and len(k["config_sha256"]) == 64
     assert run["l1"]["nested"] and run["ledger"]["complete"]
-    assert "--kernel" in (path / "reproduce.sh").read_text()
+    # the one-file reproducer embeds the patch and checks it: recreated alone in an empty folder, hashes match
+    script = (path / "reproduce.sh").read_text()
+    assert k["patches"][0]["sha256"] in script and k["config_sha256"] in script
+    empty = results_dir.parent / "elsewhere"
+    empty.mkdir()
+    chk = subprocess.run(["sh", str(path / "reproduce.sh"), "--check-only"], cwd=empty, capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, HARNESS_REPO=str(REPO)))
+    assert chk.returncode == 0, chk.stdout + chk.stderr

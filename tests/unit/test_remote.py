@@ -56,8 +56,9 @@ def test_split_args_defaults_and_matrix():
     assert passed == ["--shard", "2/4", "--jobs", "auto", "--list"]
     with pytest.raises(InputError, match="matrix YAML is required"):
         remote.split_args("matrix", ["--shard", "1/2"])
-    with pytest.raises(InputError, match="exclusive"):
+    with pytest.raises(SystemExit) as e:  # argparse's own exit 2, with its usage line
         remote.split_args("run", ["--kernel", "k", "--build", "b.yaml"])
+    assert e.value.code == 2
 
 
 @pytest.mark.parametrize("path,quoted", [
@@ -73,21 +74,30 @@ def test_remote_quoting(path, quoted):
     assert out == path.replace("~", "/h", 1)
 
 
-def test_matrix_references_become_remote(tmp_path):
-    repo = tmp_path / "repo"
-    (repo / "scenarios").mkdir(parents=True)
-    (repo / "kernels").mkdir()
-    m = repo / "scenarios/m.yaml"
-    m.write_text("name: m\nscenario: default.yaml\nkernels:\n  a: {build: ../kernels/a.yaml, mutant: true}\n"
-                 "  d: {prebuilt: true}\ngroups: [{kernels: [a, d], expect: clean}]\n")
-    doc = yaml.safe_load(remote.matrix_for_remote(m, "/r", "/tmp/x/inputs/scenario-default.yaml", repo))
-    assert doc["scenario"] == "/tmp/x/inputs/scenario-default.yaml"
-    assert doc["kernels"] == {"a": {"build": "/r/kernels/a.yaml", "mutant": True}, "d": {"prebuilt": True}}
-    assert doc["groups"] == [{"kernels": ["a", "d"], "expect": "clean"}]
-    outside = tmp_path / "elsewhere.yaml"
-    outside.write_text("name: o\nkernels: {a: {build: ../../etc/k.yaml}}\ngroups: []\n")
+def test_mirror_of_the_remote_checkout_keeps_relative_references(tmp_path):
+    """A pushed matrix sits in a symlink copy of the remote checkout: its scenario and ../kernels/ resolve as
+    in the checkout, and the pushed files' own places are left free for the pushed bytes."""
+    repo = tmp_path / "remote repo"
+    for f in ("scenarios/m.yaml", "scenarios/default.yaml", "scenarios/other.yaml", "kernels/a.yaml",
+              ".git/HEAD", "scenarios/sub/x.yaml", "README.md"):
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).write_text(f)
+    tree = tmp_path / "tmp/tree"
+    script = remote.mirror_script(str(repo), str(tree), ["scenarios/m.yaml", "scenarios/sub/x.yaml"])
+    subprocess.run(["bash", "-c", script], check=True)
+    assert not (tree / "scenarios").is_symlink() and not (tree / "scenarios/sub").is_symlink()
+    assert not (tree / "scenarios/m.yaml").exists() and not (tree / "scenarios/sub/x.yaml").exists()
+    for f in ("kernels", ".git", "README.md", "scenarios/default.yaml", "scenarios/other.yaml"):
+        assert (tree / f).is_symlink() and (tree / f).resolve() == (repo / f).resolve(), f
+    assert (tree / "scenarios/../kernels/a.yaml").resolve() == (repo / "kernels/a.yaml").resolve()
+    assert sorted(p.name for p in tree.iterdir()) == [".git", "README.md", "kernels", "scenarios"]
+
+
+def test_in_checkout(tmp_path):
+    (tmp_path / "scenarios").mkdir()
+    assert remote.in_checkout(tmp_path / "scenarios/../scenarios/m.yaml", tmp_path) == "scenarios/m.yaml"
     with pytest.raises(InputError, match="outside the checkout"):
-        remote.matrix_for_remote(outside, "/r", "/s.yaml", repo)
+        remote.in_checkout(tmp_path.parent / "elsewhere.yaml", tmp_path)
 
 
 def test_kernel_manifest_hash_and_remote_sums(tmp_path):
