@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.kernel.source import sha256_file  # noqa: E402 (source imports this module lazily)
 from harness.errors import InfraError, InputError
 from harness.paths import cache_dir
 
@@ -235,14 +236,6 @@ class PrivateApt:
                 raise InfraError(f"{s['Package']} {s['Version']}: downloaded file missing or SHA256 mismatch")
             out.append(f)
         return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------

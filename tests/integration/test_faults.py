@@ -58,7 +58,7 @@ def infra_titles(run: dict) -> list[str]:
 @pytest.mark.parametrize("sig,needle", [(signal.SIGKILL, "exited"), (signal.SIGSTOP, "stopped")])
 def test_l1_qemu_killed_or_frozen_mid_workload_is_infra_within_two_minutes(results_dir, sig, needle):
     proc = start(results_dir, *LONG, "--set", "timeouts.stall_s=30")
-    wait_for(proc, "round=1 ")
+    wait_for(proc, "ledger: round 1/")
     (l1,) = qemus_under(results_dir)
     l1.send_signal(sig)
     rc, took, out = finish(proc, 150)
