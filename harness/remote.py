@@ -218,7 +218,8 @@ def _secure(c: fabric.Connection, ns) -> None:
         _secure(c.gateway, ns)
 
 
-def connect(h: Host, ns) -> fabric.Connection:
+def connection(h: Host, ns) -> fabric.Connection:
+    """The user's own SSH setup (ssh_config, agent, keys) with strict host keys; not opened yet."""
     if ns.ssh_config and not Path(ns.ssh_config).is_file():
         raise InputError(f"ssh_config file {ns.ssh_config} does not exist")
     for k in ns.identity:
@@ -229,6 +230,11 @@ def connect(h: Host, ns) -> fabric.Connection:
     kw = {"key_filename": [str(Path(k).expanduser()) for k in ns.identity]} if ns.identity else {}
     c = fabric.Connection(h.host, user=h.user, port=h.port, config=cfg, connect_kwargs=kw)
     _secure(c, ns)
+    return c
+
+
+def connect(h: Host, ns) -> fabric.Connection:
+    c = connection(h, ns)
     try:
         c.open()
     except BaseException as e:

@@ -10,7 +10,6 @@ Versions: "7.2" (newest of the series), "7.2.13" (newest Debian revision of it),
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re

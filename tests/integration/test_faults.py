@@ -65,7 +65,7 @@ def test_l1_qemu_killed_or_frozen_mid_workload_is_infra_within_two_minutes(resul
     assert rc == 3 and took < 120, (rc, took, out[-2000:])
     path, run = only_run(results_dir)
     assert any(needle in t for t in infra_titles(run)), run["findings"]
-    assert (path / "cases/default/l1-console.log").stat().st_size > 1000
+    assert "HARNESS-L1: ready" in (path / "cases/default/l1-console.log").read_text()  # the log so far is kept
     assert (path / "cases/default/evidence.json").exists()
     assert qemus_under(results_dir) == []
 

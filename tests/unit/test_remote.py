@@ -2,8 +2,8 @@
 import json
 import subprocess
 
+import paramiko
 import pytest
-import yaml
 
 from harness import remote
 from harness.cli import _parser
@@ -134,3 +134,32 @@ def test_no_secrets_check_finds_private_key_material(tmp_path):
     with pytest.raises(Exception, match="private key material"):
         remote.record([run], {"host": "h"}, secrets)
     assert not leak.exists() and json.loads((run / "remote.json").read_text()) == {"host": "h"}
+
+
+def test_an_ssh_config_alias_and_strict_host_keys(tmp_path):
+    """-F FILE is read like ssh -F: the alias gives host, user, port and identity; known_hosts is loaded and
+    an unknown key is refused, not auto-added (fabric's default)."""
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host lab\n  HostName 192.0.2.7\n  User bob\n  Port 2202\n  IdentityFile {tmp_path}/labkey\n")
+    kh = tmp_path / "known_hosts"
+    key = paramiko.Ed25519Key.from_private_key_file(_keygen(tmp_path / "hostkey"))
+    kh.write_text(f"[192.0.2.7]:2202 ssh-ed25519 {key.get_base64()}\n")
+    ns, _ = remote.split_args("run", ["-F", str(cfg), "--known-hosts", str(kh)])
+    c = remote.connection(remote.parse_host("lab"), ns)
+    assert (c.host, c.user, c.port) == ("192.0.2.7", "bob", 2202)
+    assert f"{tmp_path}/labkey" in c.connect_kwargs["key_filename"]
+    assert c.client._system_host_keys.lookup("[192.0.2.7]:2202")["ssh-ed25519"] == key
+    policy = c.client._policy
+    other = paramiko.Ed25519Key.from_private_key_file(_keygen(tmp_path / "other"))
+    with pytest.raises(InputError, match="unknown host .*--accept-new-host-key"):
+        policy.missing_host_key(c.client, "[192.0.2.8]:2202", other)
+    ns2, _ = remote.split_args("run", ["-F", str(cfg), "--known-hosts", str(kh), "--accept-new-host-key"])
+    c2 = remote.connection(remote.parse_host("me@lab:2222"), ns2)
+    assert (c2.user, c2.port) == ("me", 2222)
+    c2.client._policy.missing_host_key(c2.client, "[192.0.2.8]:2222", other)
+    assert kh.read_text().splitlines()[-1] == f"[192.0.2.8]:2222 ssh-ed25519 {other.get_base64()}"
+
+
+def _keygen(path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return str(path)
