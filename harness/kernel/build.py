@@ -420,6 +420,42 @@ def _oneline_patch(tree: SourceTree, marker: str) -> str:
             f"diff --git a/{BENCH_FILE} b/{BENCH_FILE}\n{diff}-- \n2.39.5\n")
 
 
+def _bench_incremental(p, tree) -> tuple[float, dict, Path, list[str]]:
+    """Build the same stack plus one fresh comment line in BENCH_FILE; return seconds (lock wait excluded),
+    the artifact's meta, its folder and the files make compiled."""
+    import yaml
+    marker = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=cache_dir()) as d:
+        d = Path(d)
+        pdir = d / "patches"
+        pdir.mkdir()
+        names = []
+        for i, x in enumerate(p.patches, 1):
+            shutil.copyfile(x.path, pdir / f"{i:04d}.patch")
+            names.append(f"{i:04d}.patch")
+        (pdir / "zzzz-bench.patch").write_text(_oneline_patch(tree, marker))
+        names.append("zzzz-bench.patch")
+        (pdir / "series").write_text("\n".join(names) + "\n")
+        spec = p.inputs.spec.model_dump(by_alias=True, exclude_none=True)
+        spec["series"] = str(pdir)
+        spec["upto"] = None
+        spec["fragments"] = [str(f) for f in p.fragments]
+        if "tarball" in spec["base"]:
+            spec["base"]["tarball"] = p.identity["tarball"]
+        if "git" in spec["base"] and Path(p.inputs.resolve(spec["base"]["git"])).exists():
+            spec["base"]["git"] = str(p.inputs.resolve(spec["base"]["git"]))
+        ky = d / "KERNEL.yaml"
+        ky.write_text(yaml.safe_dump(spec))
+        t = time.monotonic()
+        art = build_kernel(ky)
+        m = json.loads((art / "meta.json").read_text())
+        # waiting for another build's lock on the shared tree is not build time
+        inc = round(time.monotonic() - t - m["times"].get("lock_wait_s", 0.0), 3)
+        compiled = [ln.split()[-1] for ln in (art / "build.log").read_text().splitlines()
+                    if ln.strip().startswith(("CC ", "CC [M]"))]
+    return inc, m, art, compiled
+
+
 def bench(kernel_yaml: Path, upto: int | None = None) -> Path:
     """Full (empty object tree), cache-hit and incremental (one-line tdp_mmu.c patch) build times."""
     kernel_yaml = Path(kernel_yaml).resolve()
@@ -460,36 +496,7 @@ def bench(kernel_yaml: Path, upto: int | None = None) -> Path:
     with file_lock(tree.lock):
         series.apply_stack(tree.path, tree.base_commit, p.patches, log=lambda m: None)
     # incremental: same inputs + one fresh patch touching only tdp_mmu.c
-    marker = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-    with tempfile.TemporaryDirectory(prefix="bench-", dir=cache_dir()) as d:
-        d = Path(d)
-        pdir = d / "patches"
-        pdir.mkdir()
-        names = []
-        for i, x in enumerate(p.patches, 1):
-            shutil.copyfile(x.path, pdir / f"{i:04d}.patch")
-            names.append(f"{i:04d}.patch")
-        (pdir / "zzzz-bench.patch").write_text(_oneline_patch(tree, marker))
-        names.append("zzzz-bench.patch")
-        (pdir / "series").write_text("\n".join(names) + "\n")
-        spec = p.inputs.spec.model_dump(by_alias=True, exclude_none=True)
-        spec["series"] = str(pdir)
-        spec["upto"] = None
-        spec["fragments"] = [str(f) for f in p.fragments]
-        if "tarball" in spec["base"]:
-            spec["base"]["tarball"] = p.identity["tarball"]
-        if "git" in spec["base"] and Path(p.inputs.resolve(spec["base"]["git"])).exists():
-            spec["base"]["git"] = str(p.inputs.resolve(spec["base"]["git"]))
-        ky = d / "KERNEL.yaml"
-        import yaml
-        ky.write_text(yaml.safe_dump(spec))
-        t = time.monotonic()
-        art = build_kernel(ky)
-        m = json.loads((art / "meta.json").read_text())
-        # waiting for another build's lock on the shared tree is not build time
-        inc = round(time.monotonic() - t - m["times"].get("lock_wait_s", 0.0), 3)
-        compiled = [ln.split()[-1] for ln in (art / "build.log").read_text().splitlines()
-                    if ln.strip().startswith(("CC ", "CC [M]"))]
+    inc, m, art, compiled = _bench_incremental(p, tree)
     out["incremental"] = {"seconds": inc, "make_s": m["times"].get("make_s"), "times": m["times"],
                           "patch": f"one comment line in {BENCH_FILE}", "artifact": str(art),
                           "objtree_state": m["objtree"]["state"], "compiled": compiled,
