@@ -2,10 +2,17 @@
 
 pipeline: one default-scenario run (L1 boot, L2 boot, L1-ready → workload, ledger pages verified per second,
 swap rates, wall time, harness overhead = wall − guest time); console: classifying a 10 MB log; trace: decoding
-and checking a synthetic trace; build (with --build): full / cache-hit / incremental kernel builds."""
+and checking a synthetic trace; build (with --build): full / cache-hit / incremental kernel builds;
+matrix-jobs (with --build): one matrix run with `--jobs 1` and with `--jobs 2` (wall time, per cell, the ratio,
+every cell's outcome, false positives): tests/fixtures/matrices/bench-jobs.yaml, or with --nightly the real
+nightly (scenarios/nightly.yaml and catch-time.yaml, ~30 min a pass).  docs/scale.md."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,30 +86,179 @@ def bench_console(size_mb: float = 10) -> dict:
             "crash": rep.crash, "kind": rep.kind, "title": rep.title}
 
 
-def main(argv: list[str] | None = None) -> int:
+# matrix-jobs stage: the same matrix with --jobs 1 and --jobs 2, as `harness matrix` children
+MATRIX_JOBS_FIXTURE = REPO / "tests/fixtures/matrices/bench-jobs.yaml"
+NIGHTLY_MATRICES = (REPO / "scenarios/nightly.yaml", REPO / "scenarios/catch-time.yaml")
+
+
+def host_load() -> dict:
+    """What else the machine is doing: a pass measured next to other QEMUs is slower, and says so."""
+    import psutil
+    qemus = sum(1 for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("qemu-system"))
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "qemu_processes": qemus,
+            "mem_available_mib": psutil.virtual_memory().available >> 20}
+
+
+def prepare_matrix(mpath: Path) -> dict:
+    """Build (or take from the cache) every kernel and guest image the matrix boots, before any pass is timed,
+    so neither pass pays for them; what --jobs auto would be here."""
+    from harness.matrix import expand, load_matrix, overrides_of, resolve
+    from harness.matrix_jobs import job_count, warm_images
+    m = load_matrix(mpath)
+    cells = expand(m)
+    scen = mpath.parent / m.scenario
+    scenarios = [load_scenario(scen, overrides_of(c.variant)) for c in cells if c.expect != "hardware-only"]
+    t0 = time.monotonic()
+    kernels = {k: resolve(m.kernels[k], mpath.parent) for k in dict.fromkeys(c.kernel for c in cells)
+               if any(c.kernel == k and c.expect != "hardware-only" for c in cells)}
+    warm_images(kernels)
+    return {"name": m.name, "cells": len(cells), "prepare_s": round(time.monotonic() - t0, 1),
+            "cores": len(os.sched_getaffinity(0)), "jobs_auto": job_count("auto", scenarios)}
+
+
+def _run_timings(run_dir: str) -> dict:
+    try:
+        run = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    t = run.get("timings", {})
+    return {k: t.get(k) for k in ("l1_boot_s", "l2_boot_s", "workload_s", "guest_s")} | \
+        {"accel": (run.get("accel") or {}).get("mode")}
+
+
+def cell_record(c: dict) -> dict:
+    runs = [{"seed": r["seed"], "verdict": r["verdict"], "total_s": r.get("total_s"),
+             "first_finding_s": r.get("first_finding_s"), "attempts": r.get("attempts", 1),
+             **_run_timings(r["run_dir"])} for r in c.get("runs", [])]
+    from harness.matrix import Cell
+    name = Cell(c["kernel"], c.get("variant") or {}, c["expect"], seed=c.get("seed")).name
+    return {"id": c["id"], "name": name, "expect": c["expect"],
+            "outcome": c["outcome"], "ok": c["ok"], "retries": c.get("retries", 0), "runs": runs}
+
+
+def matrix_pass(mpath: Path, jobs: int, out: Path) -> dict:
+    """One `harness matrix MPATH --jobs N` into its own results root; its wall time and what it judged."""
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "harness", "matrix", str(mpath), "--jobs", str(jobs), "--results", str(out)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    load0 = host_load()
+    print(f"bench matrix-jobs: {mpath.name} --jobs {jobs} → {out}", flush=True)
+    t0 = time.monotonic()
+    with open(out / "matrix.log", "wb") as log:
+        rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    wall = time.monotonic() - t0
+    done = [d for d in out.glob("matrix-*") if d.is_dir() and not d.name.endswith(".incomplete")]
+    res = {"jobs": jobs, "rc": rc, "wall_s": round(wall, 1), "load_at_start": load0, "load_at_end": host_load(),
+           "log": str(out / "matrix.log")}
+    if len(done) != 1:
+        return res | {"error": f"no finished matrix folder under {out} (exit {rc})"}
+    js = json.loads((done[0] / "matrix.json").read_text())
+    sc = js["score"]
+    cells = [cell_record(c) for c in js["cells"]]
+    return res | {"matrix_dir": str(done[0]), "cells": len(cells), "wall_per_cell_s": round(wall / len(cells), 1),
+                  "cells_ok": sc["cells_ok"], "mutation_score": sc["mutation_score"],
+                  "false_positives": sc["false_positives"], "retries": sum(c["retries"] for c in cells),
+                  "outcomes": {c["id"]: c["outcome"] for c in cells}, "cell_results": cells}
+
+
+def compare_passes(passes: dict[str, dict]) -> dict:
+    """Ratios to --jobs 1, and whether every pass judged every cell alike (a starved cell would not)."""
+    base = passes.get("1", {})
+    ratios = {j: round(p["wall_s"] / base["wall_s"], 2) for j, p in passes.items()
+              if j != "1" and base.get("wall_s") and p.get("wall_s")}
+    outcomes = [p.get("outcomes") for p in passes.values()]
+    agree = all(o is not None for o in outcomes) and all(o == outcomes[0] for o in outcomes)
+    fp = [p.get("false_positives") for p in passes.values()]
+    all_ok = all(p.get("cells_ok") == p.get("cells") and p.get("cells") for p in passes.values())
+    return {"wall_ratio_to_jobs1": ratios, "outcomes_agree": agree, "false_positives": fp,
+            "ok": agree and all_ok and all(f == 0 for f in fp)}
+
+
+def bench_matrix_jobs(root: Path, matrices: list[Path] | None = None, jobs: tuple[int, ...] = (1, 2)) -> dict:
+    """Each matrix with every --jobs value in turn (kernels and images prepared first, outside the timing)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    res: dict = {"jobs": list(jobs), "matrices": {}, "target": "false positives 0 with --jobs 2; every cell as "
+                 "expected in every pass; --jobs 2 wall time well under --jobs 1"}
+    for mpath in matrices or [MATRIX_JOBS_FIXTURE]:
+        mpath = Path(mpath).resolve()
+        prep = prepare_matrix(mpath)
+        passes = {str(j): matrix_pass(mpath, j, root / "bench-runs" / f"matrix-jobs-{stamp}-{prep['name']}" / f"jobs{j}")
+                  for j in jobs}
+        res["matrices"][prep["name"]] = {"matrix": str(mpath), **prep, "passes": passes, **compare_passes(passes)}
+    res["ok"] = all(m["ok"] for m in res["matrices"].values())
+    return res
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m harness.bench")
-    ap.add_argument("--only", choices=["pipeline", "console", "trace", "build"], action="append")
-    ap.add_argument("--build", action="store_true", help="also run the (slow) kernel build benchmark")
+    ap.add_argument("--only", choices=sorted(STAGES), action="append")
+    ap.add_argument("--build", action="store_true",
+                    help="also run the slow benchmarks: kernel builds and the matrix --jobs 1 vs 2")
+    ap.add_argument("--nightly", action="store_true",
+                    help="matrix-jobs: time the real nightly (nightly.yaml, catch-time.yaml; ~30 min a pass) "
+                         "instead of tests/fixtures/matrices/bench-jobs.yaml")
+    ap.add_argument("--matrix", action="append", default=None, metavar="FILE",
+                    help="matrix-jobs: time this matrix instead (may repeat)")
+    ap.add_argument("--jobs", default="1,2", metavar="N,M",
+                    help="matrix-jobs: the --jobs values to compare (default 1,2)")
     args = ap.parse_args(argv)
-    stages = args.only or ["console", "trace", "pipeline"] + (["build"] if args.build else [])
+    try:
+        args.jobs = tuple(int(j) for j in args.jobs.split(","))
+    except ValueError:
+        ap.error(f"--jobs takes comma-separated numbers (got '{args.jobs}')")
+    if any(j < 1 for j in args.jobs):
+        ap.error("--jobs values must be >= 1")
+    return args
+
+
+def _stage_console(root: Path, args) -> dict:
+    return bench_console(10) | {"target_s": 1.0}
+
+
+def _stage_trace(root: Path, args) -> dict:
+    from harness.oracles.trace import bench_trace
+    return bench_trace(256) | {"target": "1 GB in < 60 s on one core"}
+
+
+def _stage_build(root: Path, args) -> dict:
+    from harness.kernel.build import bench
+    return {"report": str(bench(REPO / "kernels/debian-6.12.yaml"))}
+
+
+def _stage_matrix_jobs(root: Path, args) -> dict:
+    mats = [Path(m) for m in args.matrix] if args.matrix else list(NIGHTLY_MATRICES) if args.nightly else None
+    return bench_matrix_jobs(root, mats, args.jobs)
+
+
+STAGES = {"console": _stage_console, "trace": _stage_trace, "pipeline": lambda root, args: bench_pipeline(root),
+          "build": _stage_build, "matrix-jobs": _stage_matrix_jobs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    stages = args.only or ["console", "trace", "pipeline"] + (["build", "matrix-jobs"] if args.build else [])
     root = results_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    rc = 0
     for st in stages:
-        if st == "console":
-            res = bench_console(10)
-            res["target_s"] = 1.0
-        elif st == "trace":
-            from harness.oracles.trace import bench_trace
-            res = bench_trace(256)
-            res["target"] = "1 GB in < 60 s on one core"
-        elif st == "pipeline":
-            res = bench_pipeline(root)
-        else:
-            from harness.kernel.build import bench
-            res = {"report": str(bench(REPO / "kernels/debian-6.12.yaml"))}
+        res = STAGES[st](root, args)
         write_json(root / f"bench-{st}-{stamp}.json", res)
-        print(f"bench {st}: {res}")
-    return 0
+        print(f"bench {st}: {res if st != 'matrix-jobs' else matrix_jobs_text(res)}")
+        if res.get("ok") is False:  # a measurement that broke its own target (a false positive, a mismatch)
+            rc = 1
+    return rc
+
+
+def matrix_jobs_text(res: dict) -> str:
+    """The figures people read (the json has every cell and run)."""
+    lines = []
+    for name, m in res["matrices"].items():
+        for j, p in m["passes"].items():
+            lines.append(f"{name} --jobs {j}: {p['wall_s']} s, {p.get('wall_per_cell_s')} s/cell, "
+                         f"{p.get('cells_ok')}/{p.get('cells')} as expected, false positives "
+                         f"{p.get('false_positives')}, retries {p.get('retries')} {p.get('error', '')}".rstrip())
+        lines.append(f"{name}: ratio to --jobs 1 {m['wall_ratio_to_jobs1']}, outcomes agree {m['outcomes_agree']}")
+    return "\n  " + "\n  ".join(lines) + f"\n  ok: {res['ok']}"
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.config import load_scenario
 from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_PASS, InputError
@@ -47,6 +48,14 @@ class Group(BaseModel):
     cell_per_seed: bool = False
     budget_runs: int | None = Field(None, ge=1)  # overrides the matrix's budget for this group's cells
 
+    @field_validator("variants")
+    @classmethod
+    def _labels_are_text(cls, variants: list[dict]) -> list[dict]:
+        for v in variants:
+            if "label" in v and (not isinstance(v["label"], str) or not v["label"].strip()):
+                raise ValueError(f"a variant's label must be a non-empty string (got {v['label']!r})")
+        return variants
+
 
 class Matrix(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,10 +76,12 @@ class Cell:
     runs: list[dict] = field(default_factory=list)
     seed: int | None = None  # set: this cell runs only this seed
     budget: int | None = None
+    label: str | None = None  # the variant's `label:` (a name for people: heat map; never an override)
 
     @property
     def id(self) -> str:
-        """Stable across runs and machines: a hash of what the cell runs (kernel, variant, seed), not its place."""
+        """Stable across runs and machines: a hash of what the cell runs (kernel, variant, seed), not its place
+        (nor its label: naming a variant does not make it another cell)."""
         key = json.dumps({"kernel": self.kernel, "variant": self.variant, "seed": self.seed}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:10]
 
@@ -78,6 +89,11 @@ class Cell:
     def name(self) -> str:
         knobs = ",".join(f"{k}={v}" for k, v in self.variant.items()) or "default"
         return f"{self.kernel}[{knobs}]" + (f"@seed{self.seed}" if self.seed is not None else "")
+
+    @property
+    def shown_label(self) -> str:
+        """The variant's short name: its `label:`, else one derived from its knobs."""
+        return self.label or variant_label(self.variant)
 
     @property
     def retries(self) -> int:
@@ -111,9 +127,30 @@ def load_matrix(path: Path) -> Matrix:
     return m
 
 
+def split_label(variant: dict) -> tuple[dict, str | None]:
+    """A matrix variant → (its overrides, its label): `label:` names the variant and never reaches the scenario."""
+    v = dict(variant)
+    label = v.pop("label", None)
+    return v, (label.strip() if isinstance(label, str) and label.strip() else None)
+
+
+def variant_label(variant: dict) -> str:
+    """A short name for a variant without a label: its knobs as key=value (nested keys dotted), or 'default'."""
+    def flat(d: dict, pre: str = "") -> list[str]:
+        out = []
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out += flat(v, f"{pre}{k}.")
+            else:
+                out.append(f"{pre}{k}={json.dumps(v) if not isinstance(v, str) else v}")
+        return out
+    return ", ".join(flat(split_label(variant)[0])) or "default"
+
+
 def expand(m: Matrix) -> list[Cell]:
-    cells = [Cell(k, v, g.expect, g.why, seed=sd, budget=g.budget_runs) for g in m.groups for k in g.kernels
-             for v in g.variants for sd in (m.seeds if g.cell_per_seed else [None])]
+    cells = [Cell(k, v, g.expect, g.why, seed=sd, budget=g.budget_runs, label=label)
+             for g in m.groups for k in g.kernels for v, label in map(split_label, g.variants)
+             for sd in (m.seeds if g.cell_per_seed else [None])]
     seen: dict[str, Cell] = {}
     for c in cells:  # the id names the cell in shards and merges: two cells with one id would be one cell
         if c.id in seen:
@@ -146,7 +183,8 @@ def run_entry(run: dict, run_dir: str, seed: int) -> dict:
 
 
 def overrides_of(variant: dict) -> list[str]:
-    return [f"{k}={json.dumps(v)}" for k, v in variant.items()]
+    """A variant's --set overrides (a `label:` is no scenario key: it is left out)."""
+    return [f"{k}={json.dumps(v)}" for k, v in split_label(variant)[0].items()]
 
 
 def evidence(findings: list[dict]) -> list[str]:
@@ -243,33 +281,79 @@ def junit(m: Matrix, cells: list[Cell]) -> str:
     return matrix_junit(m.name, cells)
 
 
-def heatmap(cells: list[Cell], out: Path) -> None:
+GREEN, RED, GREY = "green", "red", "grey"  # as expected / mismatch / not run (skipped, or no run recorded)
+HEAT_RGB = {None: "#ffffff", GREEN: "#8fd18f", RED: "#e06666", GREY: "#cccccc"}
+
+
+def _slot_colour(slot: list[Cell]) -> str:
+    """green when every cell that ran is as expected (a hidden mutant that stayed clean, a mutant caught, a
+    correct kernel clean), red when one is not, grey when none ran (skipped here, or not run)."""
+    ran = [c for c in slot if c.outcome not in ("skipped", "not-run")]
+    if not ran:
+        return GREY
+    return GREEN if all(c.ok for c in ran) else RED
+
+
+def _slot_text(slot: list[Cell]) -> str:
+    counts = Counter(c.outcome for c in slot)  # in first-seen order
+    outcomes = [f"{o} ×{n}" if len(slot) > 1 else o for o, n in counts.items()]
+    expects = "/".join(dict.fromkeys(c.expect for c in slot))
+    return f"{', '.join(outcomes)}\nexpect {expects}"
+
+
+def heatmap_grid(cells: list[Cell]) -> dict:
+    """The heat map as data: rows (kernels), cols (variant labels), colours[row][col] (GREEN/RED/GREY, None
+    where the kernel has no such cell) and texts (outcome and expectation).  One slot per kernel × variant;
+    the seeds of a one-cell-per-seed group share their slot (its text counts the outcomes)."""
+    kernels = list(dict.fromkeys(c.kernel for c in cells))
+    keys = list(dict.fromkeys(json.dumps(c.variant, sort_keys=True) for c in cells))
+    slots: dict[tuple[int, int], list[Cell]] = {}
+    names: dict[int, list[str]] = {}
+    for c in cells:
+        j = keys.index(json.dumps(c.variant, sort_keys=True))
+        slots.setdefault((kernels.index(c.kernel), j), []).append(c)
+        names.setdefault(j, [])
+        if c.shown_label not in names[j]:
+            names[j].append(c.shown_label)
+    cols = [" / ".join(names[j]) for j in range(len(keys))]
+    for j, name in enumerate(cols):  # two variants under one label: told apart by their knobs
+        if cols.count(name) > 1:
+            cols[j] = f"{name} ({variant_label(json.loads(keys[j]))})"
+    colours = [[None] * len(keys) for _ in kernels]
+    texts = [[""] * len(keys) for _ in kernels]
+    for (i, j), slot in slots.items():
+        colours[i][j], texts[i][j] = _slot_colour(slot), _slot_text(slot)
+    return {"rows": kernels, "cols": cols, "colours": colours, "texts": texts}
+
+
+def heatmap(cells: list[Cell], out: Path) -> dict:
+    """heatmap.png: kernels × variants, each slot coloured by whether its outcome matched its expectation;
+    returns heatmap_grid()."""
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    kernels = list(dict.fromkeys(c.kernel for c in cells))
-    variants = list(dict.fromkeys(json.dumps(c.variant, sort_keys=True) for c in cells))
-    grid = [[float("nan")] * len(variants) for _ in kernels]
-    labels = [[""] * len(variants) for _ in kernels]
-    code = {"clean": 0, "finding": 1, "infra": 2, "flaky": 2, "not-run": 3, "skipped": 3}
-    for c in cells:
-        i, j = kernels.index(c.kernel), variants.index(json.dumps(c.variant, sort_keys=True))
-        grid[i][j] = code[c.outcome]
-        labels[i][j] = f"{c.outcome}\n(exp {c.expect})" + ("" if c.ok else " !")
-    fig, ax = plt.subplots(figsize=(2 + 1.9 * len(variants), 1 + 0.7 * len(kernels)))
-    ax.imshow(grid, cmap=ListedColormap(["#8fd18f", "#e06666", "#f6b26b", "#cccccc"]), vmin=0, vmax=3,
-              aspect="auto")
-    ax.set_xticks(range(len(variants)), [", ".join(f"{k}={v}" for k, v in json.loads(v).items()) or "default"
-                                         for v in variants], rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(kernels)), kernels, fontsize=8)
-    for i in range(len(kernels)):
-        for j in range(len(variants)):
-            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
-    ax.set_title("green clean · red finding · orange infra · grey not run", fontsize=9)
+    from matplotlib.colors import to_rgb
+    g = heatmap_grid(cells)
+    rows, cols = g["rows"], g["cols"]
+    fig, ax = plt.subplots(figsize=(2.5 + 1.5 * len(cols), 1.2 + 0.62 * len(rows)))
+    ax.imshow([[to_rgb(HEAT_RGB[c]) for c in row] for row in g["colours"]], aspect="auto")
+    ax.set_xticks(range(len(cols)), ["\n".join(textwrap.wrap(c, 18)) for c in cols], rotation=0, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xticks([x + 0.5 for x in range(len(cols) - 1)], minor=True)
+    ax.set_yticks([y + 0.5 for y in range(len(rows) - 1)], minor=True)
+    ax.grid(which="minor", color="white", linewidth=2)
+    ax.tick_params(which="minor", length=0)
+    for i, row in enumerate(g["texts"]):
+        for j, text in enumerate(row):
+            ax.text(j, i, text + (" !" if g["colours"][i][j] == RED else ""), ha="center", va="center",
+                    fontsize=6.5)
+    ax.set_title("green: as expected · red: mismatch · grey: skipped / not run", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+    return g
 
 
 def save(mdir: Path, m: Matrix, cells: list[Cell], meta: dict | None = None) -> dict:

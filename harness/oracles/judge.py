@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.evidence import CaseEvidence, Finding, Judgement, infra
 from harness.oracles import ledger as ledger_oracle
 
-JUDGE_VERSION = "1"
+JUDGE_VERSION = "2"  # 2: a vacuous trace rule is not a pass
 SIGKILL_RC = 128 + 9
 _LEDGER_EXIT_RE = re.compile(r"HARNESS-L2: ledger-exit (\d+)")
 # ledger.c's exit codes before it runs: 2 usage, 3 set-up (mmap/mbind/mlock) — the harness's fault
@@ -145,6 +145,15 @@ def sensitivity_finding(ev: CaseEvidence) -> Finding | None:
                  "the pressure failed, so this run could not have caught a lost write: " + ", ".join(weak))
 
 
+def vacuous_rule_finding(trace: dict) -> Finding | None:
+    """A trace rule that applies but checked no event cannot support a pass (it could not have failed)."""
+    empty = [r for r, st in (trace.get("rules") or {}).items() if st.get("ran") and not st.get("events_checked")]
+    if not trace.get("enabled") or not empty:
+        return None
+    return infra("L1", "rule-vacuous", f"trace rule(s) {', '.join(empty)} applied but checked 0 events: the trace "
+                 "could not have caught a lost write")
+
+
 def tcg_l2_crash_without_evidence(accel_mode: str | None, l2_fault: str, findings: list[Finding]) -> str | None:
     """Under TCG, L2 crashed while nothing says a write was lost: no ledger finding, no trace rule violated, L1
     healthy.  Seen on clean kernels (L2 page-faulted on the first instruction of its timer interrupt entry, then
@@ -190,8 +199,8 @@ def judge(ev: CaseEvidence, logs: CaseLogs) -> Judgement:
     if first is None and not res.done and not oom and any(f.real for f in findings):
         first = ev.l2.ended_at_s  # L2 died or hung: its end is the first finding
     if res.done and not findings:
-        weak = sensitivity_finding(ev)
-        findings += [weak] if weak else []
+        weak = [sensitivity_finding(ev), vacuous_rule_finding(ev.trace)]
+        findings += [w for w in weak if w]
     for f in findings:
         if f.real and ev.patch_under_test:
             f.patch = f.patch or ev.patch_under_test

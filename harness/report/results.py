@@ -77,7 +77,8 @@ def summary_text(run: dict) -> str:
     if tr.get("rules"):
         L.append(f"trace    events={tr.get('events')} lost={tr.get('lost_events')} ruleset={tr.get('ruleset')}")
         for name, r in tr["rules"].items():
-            state = (f"checked {r.get('events_checked')} events, {r.get('violations')} violations"
+            state = (f"VACUOUS: checked 0 events ({r.get('why', '')})" if r.get("ran") and not r.get("events_checked")
+                     else f"checked {r.get('events_checked')} events, {r.get('violations')} violations"
                      if r.get("ran") else f"NOT RUN ({r.get('why', '')})")
             L.append(f"  {name}     {state}")
     t = run.get("timings", {})

@@ -163,3 +163,13 @@ def test_the_recorded_fixtures_cover_every_kind_of_outcome():
     want = {"pass", "selftest-stale", "l2-panic", "oom", "insufficient-pressure", "l1-frozen", "l2-qemu-killed",
             "retried-l2-crash"}
     assert want <= set(RECORDED), want - set(RECORDED)
+
+
+def test_a_rule_that_applies_but_checked_nothing_is_not_a_pass():
+    rules = {"R1": {"ran": False, "events_checked": 0}, "R2": {"ran": True, "events_checked": 0},
+             "R4": {"ran": True, "events_checked": 120000}}
+    j = judge(evidence(trace={"enabled": True, "rules": rules}), CaseLogs(l2_result=ledger_lines(12)))
+    assert j.verdict == "infra-error" and [f.kind for f in j.findings] == ["rule-vacuous"]
+    assert "R2" in j.findings[0].title and "R1" not in j.findings[0].title
+    rules["R2"]["events_checked"] = 5
+    assert judge(evidence(trace={"enabled": True, "rules": rules}), CaseLogs(l2_result=ledger_lines(12))).verdict == "pass"
