@@ -116,20 +116,25 @@ def prepare_matrix(mpath: Path) -> dict:
             "cores": len(os.sched_getaffinity(0)), "jobs_auto": job_count("auto", scenarios)}
 
 
-def _run_timings(run_dir: str) -> dict:
+def _run_facts(run_dir: str) -> dict:
+    """What shows a starved run besides its time: the pressure reached, pages verified, trace events lost."""
     try:
         run = json.loads((Path(run_dir) / "run.json").read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    t = run.get("timings", {})
-    return {k: t.get(k) for k in ("l1_boot_s", "l2_boot_s", "workload_s", "guest_s")} | \
-        {"accel": (run.get("accel") or {}).get("mode")}
+    t, led = run.get("timings", {}), run.get("ledger") or {}
+    vd = (run.get("l1") or {}).get("vmstat_delta") or {}
+    return {k: t.get(k) for k in ("l1_boot_s", "l2_boot_s", "workload_s", "guest_s")} | {
+        "accel": (run.get("accel") or {}).get("mode"), "pswpout": vd.get("pswpout"),
+        "swap_ra_hit": vd.get("swap_ra_hit"), "pages_verified": led.get("pages_verified"),
+        "bad_pages": sum(led.get(k) or 0 for k in ("stale", "zero", "corrupt")),
+        "trace_lost_events": (run.get("trace") or {}).get("lost_events")}
 
 
 def cell_record(c: dict) -> dict:
     runs = [{"seed": r["seed"], "verdict": r["verdict"], "total_s": r.get("total_s"),
              "first_finding_s": r.get("first_finding_s"), "attempts": r.get("attempts", 1),
-             **_run_timings(r["run_dir"])} for r in c.get("runs", [])]
+             **_run_facts(r["run_dir"])} for r in c.get("runs", [])]
     from harness.matrix import Cell
     name = Cell(c["kernel"], c.get("variant") or {}, c["expect"], seed=c.get("seed")).name
     return {"id": c["id"], "name": name, "expect": c["expect"],
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     for st in stages:
         res = STAGES[st](root, args)
         write_json(root / f"bench-{st}-{stamp}.json", res)
-        print(f"bench {st}: {res if st != 'matrix-jobs' else matrix_jobs_text(res)}")
+        print(f"bench {st}: {matrix_jobs_text(res) if 'matrices' in res else res}")
         if res.get("ok") is False:  # a measurement that broke its own target (a false positive, a mismatch)
             rc = 1
     return rc

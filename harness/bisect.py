@@ -11,7 +11,8 @@ infrastructure failure is retried once; twice in a row makes the step 'infra', a
 Modelled on syzkaller's pkg/bisect (each commit tested several times, bad if any run crashes, skipped when
 the infrastructure failed).
 
-Output: results/bisect-<id>/ (bisect.json, summary.txt, runs/upto-<k>/<run folders>). Exit 1 when a first bad
+Output: results/bisect-<id>/ (bisect.json, summary.txt, results.ktap: one KTAP subtest per step, the first bad
+patch as the parent's diagnostic; runs/upto-<k>/<run folders>). Exit 1 when a first bad
 patch is named, 0 when the whole series is good, 3 when the base is already bad or infrastructure failures
 leave the answer open, 2 on bad input (e.g. a patch that does not apply).
 """
@@ -183,7 +184,8 @@ class Bisect:
         path = Path(run["path"])
         return {"run_dir": str(path.relative_to(rd.path)) if path.is_relative_to(rd.path) else str(path),
                 "verdict": run["verdict"], "first_finding_s": run.get("timings", {}).get("first_finding_s"),
-                "total_s": run.get("timings", {}).get("total_s")}
+                "total_s": run.get("timings", {}).get("total_s"),
+                "titles": [f.get("title") for f in run.get("findings") or []][:3]}
 
     def patch_info(self, upto: int) -> dict | None:
         if upto == 0:
@@ -253,6 +255,14 @@ def summary(doc: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+def write_outputs(bdir: Path, doc: dict) -> None:
+    """bisect.json, summary.txt and results.ktap of a bisection folder (after every run, and at the end)."""
+    from harness.report.ktap import write_bisect_ktap
+    write_json(bdir / "bisect.json", doc)
+    atomic_write(bdir / "summary.txt", summary(doc))
+    write_bisect_ktap(doc, bdir / "results.ktap")
+
+
 def bisect(kernel_yaml: Path, scenario_path: Path, overrides: list[str], repeats: int, root: Path) -> dict:
     """The whole bisection; returns bisect.json's content (with "path")."""
     from harness.config import load_scenario
@@ -270,8 +280,7 @@ def bisect(kernel_yaml: Path, scenario_path: Path, overrides: list[str], repeats
 
     def save(runs, outcome):
         doc = bisect_json(b, runs, outcome, t0)
-        write_json(rd.path / "bisect.json", doc)
-        atomic_write(rd.path / "summary.txt", summary(doc))
+        write_outputs(rd.path, doc)
         if runs and outcome is None:
             r = runs[-1]
             _log(f"step upto={r['upto']}: run {r['verdict']}")
@@ -289,8 +298,7 @@ def bisect(kernel_yaml: Path, scenario_path: Path, overrides: list[str], repeats
         doc = bisect_json(b, runs, None, t0)
         doc["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
         doc["error"] = str(e)
-        write_json(rd.path / "bisect.json", doc)
-        atomic_write(rd.path / "summary.txt", summary(doc))
+        write_outputs(rd.path, doc)
         if isinstance(e, InputError):          # a patch that does not apply: a complete (failed) bisect
             rd.finish()
         raise

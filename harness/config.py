@@ -50,6 +50,18 @@ class LedgerKnobs(Strict):
     trail_batches: int = Field(24, ge=0)
 
 
+class KvmIntelKnobs(Strict):
+    """kvm_intel parameters of L1's KVM, the host under test (None: the module's default).  They need an Intel L1
+    (KVM on an Intel host: QEMU's TCG emulates SVM only): setup-host.sh refuses them on an AMD L1 and checks that
+    each one took (a CPU without EPT A/D bits reads eptad=N whatever was asked)."""
+    eptad: bool | None = None  # EPT accessed/dirty bits; N: A/D-disabled SPTEs, whose "dirty" is their W or D bit
+    pml: bool | None = None  # page-modification logging (vmx.c's enable_pml); Y needs eptad=Y
+
+    def params(self) -> str:
+        """modprobe's words, e.g. "eptad=Y pml=N" ("" when nothing is set)."""
+        return " ".join(f"{k}={'Y' if v else 'N'}" for k, v in self.model_dump().items() if v is not None)
+
+
 class TraceKnobs(Strict):
     enabled: bool = True
     rules: Literal["auto", "zap-time", "create-time"] = "auto"
@@ -88,6 +100,7 @@ class Scenario(Strict):
     mglru: bool = True
     ksm: bool = False
     tdp_mmu: bool = True
+    kvm_intel: KvmIntelKnobs = KvmIntelKnobs()
     page_cluster: int = Field(3, ge=0, le=10)
     swappiness: int = Field(60, ge=0, le=200)
     reclaim: ReclaimKnobs = ReclaimKnobs()

@@ -2,7 +2,8 @@
 
 A cell expected to find (`expect: finding`) runs seed after seed until it finds or its budget ends (and stops
 each run at the first lost write); a cell expected clean runs its whole budget.  Outputs in
-results/matrix-<id>/: matrix.json, summary.txt, junit.xml (one test case per cell), heatmap.png, runs/.
+results/matrix-<id>/: matrix.json, summary.txt, junit.xml (one test case per cell), heatmap.png (kernels ×
+variants, named by each variant's `label:` or its knobs; green as expected, red mismatch, grey not run), runs/.
 Mutation score = mutants caught / mutants that can run here; false positives = finding runs in clean cells.
 Each cell has a stable id (harness.matrix_shard: --list, --shard I/N); every run is a `harness run` child, up
 to --jobs at once (harness.matrix_jobs); `harness merge` joins shard folders (harness.merge).
@@ -41,7 +42,7 @@ class KernelRef(BaseModel):
 class Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kernels: list[str]
-    variants: list[dict] = [{}]
+    variants: list[dict] = [{}]  # --set overrides; an optional `label:` names the variant (heat map) only
     expect: Expect
     why: str = ""
     # one cell per seed (instead of seeds as repeats of one cell): a time-to-catch distribution per mutant
@@ -315,10 +316,9 @@ def heatmap_grid(cells: list[Cell]) -> dict:
         names.setdefault(j, [])
         if c.shown_label not in names[j]:
             names[j].append(c.shown_label)
-    cols = [" / ".join(names[j]) for j in range(len(keys))]
-    for j, name in enumerate(cols):  # two variants under one label: told apart by their knobs
-        if cols.count(name) > 1:
-            cols[j] = f"{name} ({variant_label(json.loads(keys[j]))})"
+    named = [" / ".join(names[j]) for j in range(len(keys))]
+    # two variants under one label: told apart by their knobs
+    cols = [f"{n} ({variant_label(json.loads(keys[j]))})" if named.count(n) > 1 else n for j, n in enumerate(named)]
     colours = [[None] * len(keys) for _ in kernels]
     texts = [[""] * len(keys) for _ in kernels]
     for (i, j), slot in slots.items():

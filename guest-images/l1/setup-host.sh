@@ -1,6 +1,7 @@
 #!/bin/sh
 # Prepare L1 as the KVM host under pressure.  Knobs arrive as environment variables (set by L0):
 #   SWAP_KIND=disk|zram SWAP_MB THP=never|always|madvise MGLRU=y|n TDP_MMU=Y|N KSM=0|1 PAGE_CLUSTER SWAPPINESS
+#   KVM_INTEL_PARAMS="eptad=Y|N pml=Y|N" (kvm_intel module parameters; empty: the module's defaults)
 # Prints key=value facts for L0 to record.  Any failure exits non-zero with a message on stderr.
 set -e
 fail() { echo "setup-host: $*" >&2; exit 1; }
@@ -34,15 +35,27 @@ vendor=$(grep -m1 vendor_id /proc/cpuinfo | sed 's/.*: //')
 if grep -qw svm /proc/cpuinfo; then mod=kvm_amd; tdp=npt
 elif grep -qw vmx /proc/cpuinfo; then mod=kvm_intel; tdp=ept
 else fail "L1 CPU has neither svm nor vmx: no nested virtualization"; fi
+params=""
+if [ "$mod" = kvm_intel ]; then params="$KVM_INTEL_PARAMS"
+elif [ -n "$KVM_INTEL_PARAMS" ]; then
+    fail "kvm_intel parameters ($KVM_INTEL_PARAMS) asked for, but L1 is $vendor ($mod)"
+fi
 modprobe kvm tdp_mmu="$TDP_MMU" || fail "modprobe kvm failed"
-modprobe "$mod" nested=1 || fail "modprobe $mod failed"
+# shellcheck disable=SC2086  # $params: one word per parameter
+modprobe "$mod" nested=1 $params || fail "modprobe $mod nested=1 $params failed"
 [ -c /dev/kvm ] || fail "/dev/kvm missing after modprobe $mod"
+for kv in $params; do  # a parameter the CPU cannot honour reads back otherwise (no EPT A/D bits: eptad=N)
+    got=$(cat "/sys/module/$mod/parameters/${kv%%=*}" 2>/dev/null || echo absent)
+    [ "$got" = "${kv#*=}" ] || fail "$mod ${kv%%=*}=${kv#*=} asked for, but L1's $mod has ${kv%%=*}=$got"
+done
 nested=$(cat /sys/module/$mod/parameters/nested)
 tdp_on=$(cat /sys/module/$mod/parameters/$tdp)
 echo "cpu_vendor=$vendor"
 echo "kvm_module=$mod"
 echo "nested=$nested"
 echo "tdp=$tdp_on"
+echo "kvm_params=$(for p in ept eptad pml npt; do f=/sys/module/$mod/parameters/$p
+    [ -r "$f" ] && printf '%s=%s ' "$p" "$(cat "$f")"; done)"
 echo "tdp_mmu=$(cat /sys/module/kvm/parameters/tdp_mmu)"
 echo "clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 echo "thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled)"

@@ -184,8 +184,9 @@ def _warn_class(path: str) -> Optional[tuple[str, str]]:
 
 
 def _warn_field(m: re.Match, name: str) -> Optional[str]:
-    """Each of the three WARNING header layouts names its groups <name>, <name>2, <name>3."""
-    return m.group(name) or m.group(name + "2") or m.group(name + "3")
+    """Each WARNING header layout names its groups <name>, <name>2, <name>3 (<name>4: func only)."""
+    keys = (name, name + "2", name + "3", name + "4")
+    return next((m.group(k) for k in keys if k in m.re.groupindex and m.group(k)), None)
 
 
 def _t_warning(m: re.Match, body: list) -> str:
@@ -291,13 +292,18 @@ _LOCKDEP_HEADERS = (
     r"|suspicious RCU usage|[Nn]ested lock was not taken|still has locks held"
     r"|lock held at task exit time|possible deadlock|Invalid wait context")
 
-# Three WARNING layouts: 2.6 "WARNING: at file:line func", 3.x-6.x "WARNING: CPU: N PID: N at file:line func",
-# 6.18+ "WARNING: file:line at func+0x../0x.. [mod], CPU#N".
+# WARNING layouts: 2.6 "WARNING: at file:line func", 3.x-6.x "WARNING: CPU: N PID: N at file:line func",
+# 6.18+ (__warn() in kernel/panic.c, e.g. 7.2) "WARNING: %s:%d at %pS, CPU#%d: %s/%d" and, for a WARN without file
+# and line, "WARNING: at %pS, CPU#%d: %s/%d".  %pS is "func+0x../0x.." with " [mod]" or " [mod buildid]" for a
+# module, or a bare address.  7.2 prints a WARN_ON()'s condition (CONFIG_DEBUG_BUGVERBOSE_DETAILED) on its own
+# line before the header; a "[cond] " inside the header, after "WARNING: ", is tolerated too.
+_PS_MOD = r"(?: \[[\w-]+(?: [0-9a-f]+)?\])?"
 _WARNING_HEADER = (
     r"WARNING: (?:CPU: \d+ PID: -?\d+ at (?:(?P<file>[\w./-]+\.[chS]):\d+ )?(?P<func>[A-Za-z_][\w.]*)?"
     r"|at (?P<file2>[\w./-]+\.[chS]):\d+ (?P<func2>[A-Za-z_][\w.]*)"
-    r"|(?P<file3>[\w./-]+\.[chS]):\d+ at (?:(?P<func3>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[[\w-]+\])?|\S+)"
-    r", CPU#\d+)")
+    r"|(?:\[[^\]\n]*\] )?(?P<file3>[\w./-]+\.[chS]):\d+ at "
+    r"(?:(?P<func3>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+" + _PS_MOD + r"|\S+), CPU#\d+"
+    r"|(?:\[[^\]\n]*\] )?at (?:(?P<func4>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+" + _PS_MOD + r"|\S+), CPU#\d+)")
 
 #     name, header regex, kind, title, rank, hot words[, consequence, crash]
 RULES: tuple[Rule, ...] = (

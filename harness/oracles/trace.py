@@ -38,7 +38,7 @@ from harness.oracles.ftrace import (HEADER_COL, STRUCT_PAGE, VMEMMAP_DEFAULT, Cu
 from harness.oracles.trace_findings import (NOISE, fate_text, findings, ledger_gfns, noise_floor,  # noqa: F401
                                             rules_json, timeline_findings, timelines)
 from harness.oracles.trace_spte import (AD_DISABLED, AD_MASK, LARGE, PFN_MASK, PRESENT, VENDOR_BITS,  # noqa: F401
-                                        WRITABLE, Spte, decode_spte, is_dirty)
+                                        WRITABLE, Spte, SpteLayout, decode_spte, is_dirty, layout_of)
 
 WINDOW = 4096  # lines: a pending check still unresolved this far on is late (preemption included)
 GAP_S = 200e-6  # a task's next event this long after a zap: events may have vanished in between (see docs)
@@ -112,13 +112,17 @@ class Result:
 
 
 class Checker:
-    """Feed trace_pipe lines (bytes) in order; `finish()` gives the Result.  Memory: O(distinct pfns zapped)."""
+    """Feed trace_pipe lines (bytes) in order; `finish()` gives the Result.  Memory: O(distinct pfns zapped).
+    `layout`: the SPTE bits of the kernel under test (trace_spte; default: v6.12's for `vendor`)."""
 
     def __init__(self, vendor: str = "amd", ruleset: str = "zap-time", available: Iterable[str] | None = None,
-                 window: int = WINDOW):
+                 window: int = WINDOW, layout: SpteLayout | None = None):
         self.vendor = vendor
         self.ruleset = ruleset
-        _, self.dmask, self.hwmask, _ = VENDOR_BITS[vendor]
+        self.layout = lay = layout_of(layout, vendor)
+        self.dmask, self.hwmask = lay.dirty, lay.host_writable
+        self._is_dirty = lay.dirty_test()
+        self._bits = (lay.present, lay.large, lay.pfn_mask)
         self.window = window
         self.res = Result(vendor, ruleset)
         self.counts: dict[str, int] = {}
@@ -311,14 +315,15 @@ class Checker:
         gfn, level, old, new = a
         if pid in self.r1_pend:
             self._r1_close(pid, "the same task changed another SPTE first")
-        old_leaf = old & PRESENT and (level == 1 or old & LARGE)
-        new_present = new & PRESENT
-        opfn = (old & PFN_MASK) >> 12
-        npfn = (new & PFN_MASK) >> 12
-        if old_leaf and is_dirty(old, self.dmask) and (
-                not new_present or not is_dirty(new, self.dmask) or opfn != npfn):
+        present, large, pfn_mask = self._bits
+        is_dirty_ = self._is_dirty
+        old_leaf = old & present and (level == 1 or old & large)
+        new_present = new & present
+        opfn = (old & pfn_mask) >> 12
+        npfn = (new & pfn_mask) >> 12
+        if old_leaf and is_dirty_(old) and (not new_present or not is_dirty_(new) or opfn != npfn):
             self._dirty_leaf_changed(pid, ts, n, gfn, opfn, not new_present or opfn != npfn)
-        if new_present and (level == 1 or new & LARGE):
+        if new_present and (level == 1 or new & large):
             self._remapped(npfn)
             if not (old_leaf and opfn == npfn):
                 self.released.discard(npfn)  # a new mapping of this pfn: its release is still to come
@@ -364,8 +369,9 @@ class Checker:
         old = a.spte
         if pid in self.r1_pend:
             self._r1_close(pid, "the same task cleared another SPTE first")
-        if old & PRESENT and is_dirty(old, self.dmask):
-            opfn = (old & PFN_MASK) >> 12
+        present, _, pfn_mask = self._bits
+        if old & present and self._is_dirty(old):
+            opfn = (old & pfn_mask) >> 12
             self._dirty_leaf_changed(pid, ts, n, self.pfn_gfn.get(opfn), opfn, True)
 
     def _on_set_spte(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
@@ -374,8 +380,9 @@ class Checker:
         if a is None:
             return False
         gfn, new = a
-        if new & PRESENT:
-            pfn = (new & PFN_MASK) >> 12
+        present, _, pfn_mask = self._bits
+        if new & present:
+            pfn = (new & pfn_mask) >> 12
             self.pfn_gfn[pfn] = gfn
             self._remapped(pfn)
 
@@ -463,8 +470,8 @@ class Checker:
 
 
 def check_lines(lines: Iterable[bytes], vendor: str = "amd", ruleset: str = "zap-time",
-                available: Iterable[str] | None = None) -> Result:
-    chk = Checker(vendor, ruleset, available)
+                available: Iterable[str] | None = None, layout: SpteLayout | None = None) -> Result:
+    chk = Checker(vendor, ruleset, available, layout=layout)
     for ln in lines:
         chk.feed(ln)
     return chk.finish()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from harness.oracles import ftrace as ft
 from harness.oracles.ftrace import Event, Lost, Record, decode
-from harness.oracles.trace_spte import PFN_MASK, PRESENT, decode_spte
+from harness.oracles.trace_spte import SpteLayout, decode_spte, layout_of
 
 if TYPE_CHECKING:
     from harness.oracles.trace import Result, RuleState
@@ -81,11 +81,12 @@ def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list
 # ---- the ledger join: timelines and fates ----------------------------------------------------------------------
 
 def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", limit: int = 40,
-              fates: dict[int, dict] | None = None) -> dict[int, list[str]]:
+              fates: dict[int, dict] | None = None, layout: SpteLayout | None = None) -> dict[int, list[str]]:
     """For each gfn: its trace history (fault, SPTE changes, notifier, dirty marks, writeback, free of its pfns).
     With `fates`, also fills fates[gfn] with what happened after the gfn's last leaf-SPTE zap: the L1 pfn, whether
-    the SPTE was writable+dirty, and whether a dirty mark, a writeback and a free of that pfn followed."""
-    tl = _Timelines(gfns, vendor, limit, {} if fates is None else fates)
+    the SPTE was writable+dirty, and whether a dirty mark, a writeback and a free of that pfn followed.  `layout`:
+    the kernel's SPTE bits (default: v6.12's for `vendor`)."""
+    tl = _Timelines(gfns, layout_of(layout, vendor), limit, {} if fates is None else fates)
     for ln in lines:
         rec = decode(ln)
         if rec is not None:
@@ -94,9 +95,10 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
 
 
 class _Timelines:
-    def __init__(self, gfns: Iterable[int], vendor: str, limit: int, fates: dict[int, dict]):
+    def __init__(self, gfns: Iterable[int], layout: SpteLayout, limit: int, fates: dict[int, dict]):
         self.want = {g: deque(maxlen=limit) for g in gfns}
-        self.vendor = vendor
+        self.layout = layout
+        self.vendor = layout.vendor
         self.fates = fates
         self.pfn_gfn: dict[int, int] = {}
         self.last_unmap: dict[int, bytes] = {}  # pid -> its last notifier range
@@ -119,8 +121,8 @@ class _Timelines:
         if a is None or a.gfn not in self.want:
             return
         g = a.gfn
-        o = decode_spte(a.old, self.vendor, a.level)
-        nw = decode_spte(a.new, self.vendor, a.level)
+        o = decode_spte(a.old, level=a.level, layout=self.layout)
+        nw = decode_spte(a.new, level=a.level, layout=self.layout)
         d, t = self.want[g], ev.ts
         if ev.pid in self.last_unmap and not nw.present:
             d.append(f"{t} notifier {self.last_unmap[ev.pid]}")
@@ -137,15 +139,16 @@ class _Timelines:
         if a is None:
             return
         g, new = a
-        if g in self.want and new & PRESENT:
-            self.pfn_gfn[(new & PFN_MASK) >> 12] = g
-            self.want[g].append(f"{ev.ts} pid {ev.pid} spte map: {decode_spte(new, self.vendor).short()}")
+        if g in self.want and new & self.layout.present:
+            s = decode_spte(new, layout=self.layout)
+            self.pfn_gfn[s.pfn] = g
+            self.want[g].append(f"{ev.ts} pid {ev.pid} spte map: {s.short()}")
 
     def _shadow_zap(self, ev: Event) -> None:
         a = ev.args
         if a is None:
             return
-        o = decode_spte(a.spte, self.vendor)
+        o = decode_spte(a.spte, layout=self.layout)
         g = self.pfn_gfn.get(o.pfn) if o.present else None
         if g in self.want:
             if ev.pid in self.last_unmap:

@@ -1,7 +1,9 @@
-"""KTAP v1 results (the kernel's Documentation/dev-tools/ktap.rst, as of 6.12) for a run and for a matrix.
+"""KTAP v1 results (the kernel's Documentation/dev-tools/ktap.rst, as of 6.12) for a run, a matrix and a bisection.
 
 `results.ktap` is what kernel CI (kunit.py parse, LAVA, KernelCI) reads: a run is one test per case, a matrix is
-one parent test whose subtests are its cells (nested: indented two spaces, with KUnit's "# Subtest:" header).
+one parent test whose subtests are its cells (nested: indented two spaces, with KUnit's "# Subtest:" header), a
+bisection one parent test whose subtests are its steps ("upto k: <top patch subject>", ok when good, not ok when
+bad) and whose diagnostics name the first bad patch and the confidence.
 A test passes ("ok") when its verdict is the expected one (a pass unless the case says otherwise), exactly as in
 junit.xml; every finding is a "# " diagnostic line right before the test's result line, where parsers attach it.
 
@@ -158,6 +160,83 @@ def matrix_ktap(matrix_json: dict) -> str:
     ok = all(c.get("ok") for c in cells)
     return "\n".join(["KTAP version 1", "1..1"] + ["  " + s for s in sub]
                      + [f"# {clean(head)}", f"{'ok' if ok else 'not ok'} 1 {mname}"]) + "\n"
+
+
+def _step_name(step: dict) -> str:
+    p = step.get("patch")
+    what = (p.get("subject") or p.get("file") or "?") if p else "base (no patch)"
+    return name_of(f"upto {step.get('upto')}: {what}")
+
+
+def step_lines(step: dict, num: int, repeats) -> list[str]:
+    """One bisection step (the stack of the first `upto` patches) as a subtest: ok when good, not ok when bad,
+    `not ok ... # ERROR` when the infrastructure failed twice (or the step never finished); never SKIP."""
+    p, runs, verdict = step.get("patch"), step.get("runs") or [], step.get("verdict")
+    diags = [f"step upto {step.get('upto')}: {verdict}, {len(runs)} run(s)"
+             + (f" (good needs {repeats} clean)" if repeats else "")
+             + (f", build {step['build_s']} s" if step.get("build_s") is not None else "")]
+    if p:
+        diags.append(f"  top patch {p.get('index')} {p.get('file')} sha256 {p.get('sha256')}")
+    for r in runs[:MAX_DIAG_FINDINGS]:
+        ff = r.get("first_finding_s")
+        diags.append(f"  run {r.get('run_dir') or '-'}: {r.get('verdict')}"
+                     + (f" after {ff} s" if ff is not None else "")
+                     + "".join(f"; {t}" for t in (r.get("titles") or [])[:2])
+                     + (f": {r['error']}" if r.get("error") else ""))
+    name = _step_name(step)
+    if verdict == "good":
+        return [f"# {clean(d)}" for d in diags] + [f"ok {num} {name}"]
+    tail = "" if verdict == "bad" else (
+        " # ERROR infra: the infrastructure failed twice in a row, the step says nothing about the kernel"
+        if verdict == "infra" else f" # ERROR {clean(verdict, 40)}: the step did not finish")
+    return [f"# {clean(d)}" for d in diags] + [f"not ok {num} {name}{tail}"]
+
+
+def _bisect_head(doc: dict) -> tuple[list[str], str]:
+    """The parent test's diagnostics (the first bad patch, the confidence) and its result's directive."""
+    st, fb, n = doc.get("status"), doc.get("first_bad"), len(doc.get("series") or [])
+    conf = doc.get("confidence") or {}
+    if st == "first-bad" and fb:
+        lines = [f"first bad patch {fb.get('index')}/{n}: {fb.get('subject')} ({fb.get('file')}, sha256 "
+                 f"{fb.get('sha256')})"]
+    elif st == "clean":
+        lines = [f"no bad patch: the whole series ({n} patches) is good"]
+    elif st == "base-bad":
+        lines = ["the base kernel (no patch) already has the finding: nothing to bisect"]
+    else:
+        cands = ", ".join(str(c.get("index")) for c in doc.get("candidates") or [] if c) or "?"
+        lines = [f"bisect {st}: no first bad patch named; candidates {cands}"
+                 + (f" ({doc['error']})" if doc.get("error") else "")]
+    if doc.get("reproduction_rate") is not None:
+        lines.append(f"reproduction rate {doc['reproduction_rate']:.3f} ({conf.get('catching_runs')} catching of "
+                     f"{conf.get('runs_at_bad_steps')} runs at bad steps); confidence {conf.get('confidence'):.4f} "
+                     f"(lower bound {conf.get('confidence_lower_bound'):.4f})")
+    elif conf.get("why"):
+        lines.append(f"confidence n/a: {conf['why']}")
+    lines.append(f"kernel {doc.get('kernel_yaml')}, scenario {doc.get('scenario')}, repeats {doc.get('repeats')}, "
+                 f"{doc.get('runs_total')} runs, {doc.get('elapsed_s')} s")
+    tail = "" if st in ("first-bad", "clean") else f" # ERROR {clean(st, 40)}: the bisection named no first bad patch"
+    return lines, tail
+
+
+def bisect_ktap(doc: dict) -> str:
+    """KTAP for a bisection (bisect.json): one parent test with one subtest per step, in the order they ran;
+    the parent passes only when the whole series is good, and its diagnostics name the first bad patch."""
+    steps = doc.get("steps") or []
+    pname = name_of("bisect-" + Path(str(doc.get("kernel_yaml") or "kernel")).stem)
+    sub = ["KTAP version 1", f"# Subtest: {pname}", f"1..{len(steps)}"]
+    for i, s in enumerate(steps, 1):
+        sub += step_lines(s, i, doc.get("repeats"))
+    head, tail = _bisect_head(doc)
+    ok = doc.get("status") == "clean"
+    return "\n".join(["KTAP version 1", "1..1"] + ["  " + s for s in sub] + [f"# {clean(h)}" for h in head]
+                     + [f"{'ok' if ok else 'not ok'} 1 {pname}{tail}"]) + "\n"
+
+
+def write_bisect_ktap(doc: dict, path) -> Path:
+    from harness.report.results import atomic_write
+    atomic_write(Path(path), bisect_ktap(doc))
+    return Path(path)
 
 
 def write_run_ktap(run: dict, path) -> Path:

@@ -147,7 +147,8 @@ def _setup_l1(s: Scenario, ev: CaseEvidence, sh: L1Shell, scale: float, log) -> 
                "nested": facts.get("nested") in ("1", "Y"), "tdp": facts.get("tdp") in ("1", "Y"),
                "tdp_mmu": facts.get("tdp_mmu") in ("1", "Y"), "clocksource": facts.get("clocksource"),
                "thp": facts.get("thp"), "mglru": facts.get("mglru"), "zswap": facts.get("zswap"),
-               "swap": facts.get("swap"), "taint_before": int(facts.get("taint", "0") or 0)})
+               "swap": facts.get("swap"), "kvm_params": facts.get("kvm_params"),
+               "taint_before": int(facts.get("taint", "0") or 0)})
     ev.info["accel"]["l1_cpu_vendor"] = facts.get("cpu_vendor")
     ev.l1.kvm_module, ev.l1.nested, ev.l1.taint_before = l1["kvm_module"], l1["nested"], l1["taint_before"]
     log(f"L1: {l1['kvm_module']} nested={l1['nested']} tdp={l1['tdp']} tdp_mmu={l1['tdp_mmu']} "

@@ -47,7 +47,8 @@ def vmstat_delta(before: dict[str, int], after: dict[str, int], keys=VMSTAT_KEYS
 def setup_env(s: Scenario) -> dict[str, str]:
     return {"SWAP_KIND": s.swap.kind, "SWAP_MB": str(s.swap.size_mb), "THP": s.thp,
             "MGLRU": "y" if s.mglru else "n", "TDP_MMU": "Y" if s.tdp_mmu else "N", "KSM": "1" if s.ksm else "0",
-            "PAGE_CLUSTER": str(s.page_cluster), "SWAPPINESS": str(s.swappiness)}
+            "PAGE_CLUSTER": str(s.page_cluster), "SWAPPINESS": str(s.swappiness),
+            "KVM_INTEL_PARAMS": s.kvm_intel.params()}
 
 
 def l2_append(s: Scenario) -> str:

@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 
 from harness.oracles import trace as oracle
+from harness.oracles.trace_spte import layout_for_kernel
 
 # gzip in L1: ~8x fewer bytes through dropbear's encryption, which under TCG costs L1 the CPU that L2 needs.
 # trace-reader (guest-images/l1/trace-reader.c) drains trace_pipe every READ_INTERVAL_MS instead of following the
@@ -105,17 +106,20 @@ class TraceCapture:
                 k, v = line.split("=", 1)
                 self.facts.setdefault(k.strip(), []).append(v.strip())
         symbols = set(self.facts.get("symbol", []))
-        ruleset, why = choose_ruleset(s.trace.rules, self.run.get("kernel", {}).get("release")
-                                      or (self.facts.get("release") or [None])[0], symbols, series)
+        release = self.run.get("kernel", {}).get("release") or (self.facts.get("release") or [None])[0]
+        ruleset, why = choose_ruleset(s.trace.rules, release, symbols, series)
         vendor = "intel" if "intel" in str(self.run.get("l1", {}).get("kvm_module", "")) else "amd"
+        # the SPTE bits move between versions (7.2 moved EPT's): the built kernel's own spte.h, else the table
+        layout = layout_for_kernel(self.run.get("kernel") or {}, vendor, release)
         events = set(self.facts.get("event", []))
         kprobes = [k.split(":")[0] for k in self.facts.get("kprobe", [])]
         tr.update(ruleset=ruleset, ruleset_why=why, vendor=vendor, events_enabled=sorted(events),
                   kprobes=self.facts.get("kprobe", []), missing=self.facts.get("missing", []),
                   filter_failed=self.facts.get("filter_failed", []), buffer_kb=(self.facts.get("buffer_kb") or ["?"])[0],
-                  file=self.path.name)
+                  file=self.path.name, spte_layout=layout.name, spte_layout_source=layout.source,
+                  spte_bits=layout.bits())
         self.checker = oracle.Checker(vendor=vendor, ruleset=ruleset,
-                                      available={e.split(":", 1)[1] for e in events} | set(kprobes))
+                                      available={e.split(":", 1)[1] for e in events} | set(kprobes), layout=layout)
         if s.memory_backend == "file":
             # the flusher writes a shared file's dirty pages back without mm_vmscan_write_folio: a later clean drop
             # is no evidence of a lost write there
@@ -237,7 +241,8 @@ class TraceCapture:
         findings = oracle.findings(res, incomplete=incomplete, ledger_gfns=bad_gfns)
         if bad_gfns:
             fates: dict[int, dict] = {}
-            tl = oracle.timelines(oracle.open_lines(self.path), bad_gfns, vendor=chk.vendor, fates=fates)
+            tl = oracle.timelines(oracle.open_lines(self.path), bad_gfns, vendor=chk.vendor, fates=fates,
+                                  layout=chk.layout)
             findings += oracle.timeline_findings(tl, res, incomplete, fates=fates)
         tr.update(events=res.events, lines=self.lines, bytes=self.bytes,
                   file_bytes=self.path.stat().st_size if self.path.exists() else 0,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.paths import cache_dir
-from harness.report.ktap import clean, matrix_ktap, run_ktap, write_matrix_ktap, write_run_ktap
+from harness.report.ktap import bisect_ktap, clean, matrix_ktap, run_ktap, write_matrix_ktap, write_run_ktap
 
 TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 MEMBER = "linux-source-6.12/tools/testing/kunit"
@@ -158,3 +158,94 @@ def test_clean_makes_any_text_one_safe_line():
     assert clean("x" * 500, 10) == "x" * 9 + "…"
     assert clean("List of all partitions: sda") == "List of all partitions - sda"
     assert clean(None) == ""
+
+
+# a bisection (bisect.json as harness.bisect writes it) -------------------------------------------------------
+
+SUBJECTS = ["KVM: x86/mmu: Funnel fault-path pfn release", "KVM: x86/mmu: Mark folio dirty when creating",
+            "KVM: x86/mmu: Stop marking folios dirty when zapping", "KVM: x86/mmu: Mark folios accessed only on zap",
+            "MUTANT: KVM: x86/mmu: release the faultin pfn clean # in the port"]
+
+
+def bisect_doc(recorded: dict, n: int = 5, repeats: int = 1) -> dict:
+    """bisect.json from the real policy (harness.bisect.drive) on recorded verdicts per upto."""
+    from harness.bisect import Bisect, bisect_json, drive
+    from harness.kernel.series import Patch
+    b = Bisect(Path("/k/mutant-d.yaml"), Path("/s/default.yaml"), ["stop_on_first_finding=true"], repeats, Path("/r"))
+    b.patches = [Patch(Path(f"/p/{i}"), f"000{i}.patch", SUBJECTS[i - 1], f"{i}" * 64) for i in range(1, n + 1)]
+    left = {u: list(v) for u, v in recorded.items()}
+
+    def run_one(u):
+        v = left[u].pop(0)
+        return {"verdict": v, "run_dir": f"runs/upto-{u}/r{len(left[u])}", "total_s": 30.0,
+                "first_finding_s": 17.2 if v == "finding" else None,
+                "titles": [LOST["title"]] if v == "finding" else []} | (
+                   {"error": "L1's QEMU is stopped"} if v == "infra-error" else {})
+    runs, outcome = drive(n, repeats, run_one)
+    return bisect_json(b, runs, outcome, 0.0)
+
+
+def test_a_bisection_is_one_parent_test_with_a_subtest_per_step(kunit_py, tmp_path):
+    from harness.report.ktap import write_bisect_ktap
+    doc = bisect_doc({0: ["pass"], 5: ["finding"], 2: ["pass"], 3: ["pass"], 4: ["pass"]})
+    path = write_bisect_ktap(doc, tmp_path / "results.ktap")
+    lines = path.read_text().splitlines()
+    assert lines[:5] == ["KTAP version 1", "1..1", "  KTAP version 1", "  # Subtest: bisect-mutant-d", "  1..5"]
+    results = [ln for ln in lines if ln.lstrip().startswith(("ok ", "not ok "))]
+    assert results == ["  ok 1 upto 0: base (no patch)",
+                       "  not ok 2 upto 5: MUTANT: KVM: x86/mmu: release the faultin pfn clean %23 in the port",
+                       "  ok 3 upto 2: KVM: x86/mmu: Mark folio dirty when creating",
+                       "  ok 4 upto 3: KVM: x86/mmu: Stop marking folios dirty when zapping",
+                       "  ok 5 upto 4: KVM: x86/mmu: Mark folios accessed only on zap",
+                       "not ok 1 bisect-mutant-d"]
+    assert "# first bad patch 5/5: MUTANT: KVM: x86/mmu: release the faultin pfn clean %23 in the port " \
+           f"(0005.patch, sha256 {'5' * 64})" in lines
+    assert any(ln.startswith("# reproduction rate 1.000") and "confidence 1.0000" in ln for ln in lines)
+    assert "SKIP" not in path.read_text()
+    rc, out = parse(kunit_py, path)
+    assert rc == 1 and "bisect-mutant-d (5 subtests)" in out
+    assert "[PASSED] upto 0: base (no patch)" in out and "[FAILED] upto 5: MUTANT: KVM" in out
+    assert "[FAILED] bisect-mutant-d" in out and "# first bad patch 5/5: MUTANT" in out
+    assert "Testing complete. Ran 5 tests: passed: 4, failed: 1" in out
+
+
+def test_a_bisection_step_the_infrastructure_failed_is_an_error(kunit_py, tmp_path):
+    doc = bisect_doc({0: ["pass"], 5: ["finding"], 2: ["infra-error", "infra-error"], 3: ["pass"], 4: ["pass"]})
+    text = bisect_ktap(doc)
+    assert "  not ok 3 upto 2: KVM: x86/mmu: Mark folio dirty when creating # ERROR infra: the infrastructure " \
+           "failed twice in a row, the step says nothing about the kernel" in text.splitlines()
+    assert "L1's QEMU is stopped" in text and "SKIP" not in text
+    path = tmp_path / "infra.ktap"
+    path.write_text(text)
+    rc, out = parse(kunit_py, path)
+    assert rc == 1 and "Testing complete. Ran 5 tests: passed: 3, failed: 2" in out
+
+
+def test_an_inconclusive_bisection_is_an_error_naming_the_candidates():
+    doc = bisect_doc({0: ["pass"], 4: ["finding"], 2: ["infra-error", "infra-error"], 1: ["pass"], 3: ["finding"]},
+                     n=4)
+    lines = bisect_ktap(doc).splitlines()
+    assert "# bisect infra: no first bad patch named; candidates 2, 3" in lines
+    assert lines[-1] == "not ok 1 bisect-mutant-d # ERROR infra: the bisection named no first bad patch"
+
+
+def test_a_clean_series_passes(kunit_py, tmp_path):
+    doc = bisect_doc({0: ["pass", "pass"], 5: ["pass", "pass"]}, repeats=2)
+    path = tmp_path / "clean.ktap"
+    path.write_text(bisect_ktap(doc))
+    text = path.read_text()
+    assert text.rstrip().endswith("# no bad patch: the whole series (5 patches) is good\n"
+                                  "# confidence n/a: no bad step: the reproduction rate cannot be measured\n"
+                                  "# kernel /k/mutant-d.yaml, scenario /s/default.yaml, repeats 2, 4 runs, "
+                                  f"{doc['elapsed_s']} s\nok 1 bisect-mutant-d")
+    rc, out = parse(kunit_py, path)
+    assert rc == 0 and "Testing complete. Ran 2 tests: passed: 2" in out
+
+
+def test_bisect_writes_results_ktap_next_to_bisect_json(tmp_path):
+    from harness.bisect import write_outputs
+    doc = bisect_doc({0: ["pass"], 5: ["finding"], 2: ["pass"], 3: ["pass"], 4: ["pass"]})
+    write_outputs(tmp_path, doc)
+    assert json.loads((tmp_path / "bisect.json").read_text())["first_bad"]["index"] == 5
+    assert "FIRST BAD PATCH 5/5" in (tmp_path / "summary.txt").read_text()
+    assert (tmp_path / "results.ktap").read_text() == bisect_ktap(doc)
