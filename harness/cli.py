@@ -88,8 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def reap_descendants() -> None:
+    """After an interrupt nothing we started may outlive us: a make of the configure step, a tar, a QEMU."""
+    import psutil
+    kids = psutil.Process().children(recursive=True)
+    for k in kids:
+        try:
+            k.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(kids, timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from harness.vm.qemu import install_signal_handlers
+    install_signal_handlers()  # SIGTERM/SIGHUP unwind like Ctrl-C, whatever the command is doing
     try:
         if args.cmd == "run":
             from harness.scenario.run import cli_run
@@ -131,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harness: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        reap_descendants()
         print("harness: error: interrupted (SIGINT/SIGTERM); partial results, if any, stay .incomplete",
               file=sys.stderr)
         return EXIT_INFRA
