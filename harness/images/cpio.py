@@ -57,7 +57,7 @@ def ldd_libs(binary: Path) -> list[Path]:
 
 def pack(root: Path, out: Path) -> None:
     """root → out (newc cpio, owned by root), written atomically."""
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # per process: parallel shards may pack the same image
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     p = subprocess.run(["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet", "-O", str(tmp)],
                        input="\n".join(["."] + files) + "\n", cwd=root, text=True, capture_output=True)

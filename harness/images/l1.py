@@ -132,7 +132,14 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image, l2_kernel: Path)
         manifest = {"key": key, "release": release, "host_key_pub": pub, "modules": modules,
                     "l2_key": l2.key, "qemu": _run([str(QEMU), "--version"]).splitlines()[0]}
         (art / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        art.rename(out_dir)
+        try:
+            art.rename(out_dir)
+        except OSError:
+            # another run (a parallel shard) finished the same image first: use its image, host key included
+            if not (out_dir / "manifest.json").exists():
+                raise
+            m = json.loads((out_dir / "manifest.json").read_text())
+            return L1Image(out_dir / "initramfs.cpio", m["host_key_pub"], key, m["modules"])
     prune_l1_images(keep=12)
     return L1Image(out_dir / "initramfs.cpio", pub, key, modules)
 

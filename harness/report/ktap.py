@@ -176,7 +176,7 @@ def step_lines(step: dict, num: int, repeats) -> list[str]:
              + (f" (good needs {repeats} clean)" if repeats else "")
              + (f", build {step['build_s']} s" if step.get("build_s") is not None else "")]
     if p:
-        diags.append(f"  top patch {p.get('index')} {p.get('file')} sha256 {p.get('sha256')}")
+        diags.append(f"  top patch {p.get('index')} {Path(str(p.get('file'))).name} sha256 {p.get('sha256')}")
     for r in runs[:MAX_DIAG_FINDINGS]:
         ff = r.get("first_finding_s")
         diags.append(f"  run {r.get('run_dir') or '-'}: {r.get('verdict')}"
@@ -197,8 +197,8 @@ def _bisect_head(doc: dict) -> tuple[list[str], str]:
     st, fb, n = doc.get("status"), doc.get("first_bad"), len(doc.get("series") or [])
     conf = doc.get("confidence") or {}
     if st == "first-bad" and fb:
-        lines = [f"first bad patch {fb.get('index')}/{n}: {fb.get('subject')} ({fb.get('file')}, sha256 "
-                 f"{fb.get('sha256')})"]
+        lines = [f"first bad patch {fb.get('index')}/{n}: {fb.get('subject')} "
+                 f"({Path(str(fb.get('file'))).name}, sha256 {fb.get('sha256')})"]
     elif st == "clean":
         lines = [f"no bad patch: the whole series ({n} patches) is good"]
     elif st == "base-bad":
