@@ -91,13 +91,9 @@ def _parser() -> argparse.ArgumentParser:
 def reap_descendants() -> None:
     """After an interrupt nothing we started may outlive us: a make of the configure step, a tar, a QEMU."""
     import psutil
-    kids = psutil.Process().children(recursive=True)
-    for k in kids:
-        try:
-            k.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(kids, timeout=10)
+
+    from harness.vm.qemu import kill_procs
+    kill_procs(psutil.Process().children(recursive=True), wait_s=10)
 
 
 def main(argv: list[str] | None = None) -> int:

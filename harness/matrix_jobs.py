@@ -25,6 +25,7 @@ import psutil
 from harness.errors import InputError
 from harness.matrix import Cell, Matrix, cell_overrides, run_entry, seeds_of
 from harness.paths import REPO
+from harness.vm.qemu import kill_procs
 
 HARNESS_ARGV = [sys.executable, "-m", "harness"]  # tests point this at a fake child
 POLL_S = 0.2
@@ -191,13 +192,7 @@ def stop(jobs: list[Job], grace: float | None = None) -> None:
             if j.proc.poll() is None:
                 seen |= _descendants(j.proc.pid)
                 _killpg(j.proc.pid, signal.SIGKILL)
-        left = [p for p in seen if p.is_running()]
-        for p in left:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(left, timeout=5)
+        kill_procs([p for p in seen if p.is_running()])
         for j in live:
             try:
                 j.proc.wait(timeout=5)

@@ -165,35 +165,24 @@ class _Timelines:
             self.pfn_gfn[pfn] = g
             self.want[g].append(f"{ev.ts} pid {ev.pid} fault gfn {g:#x} -> pfn {pfn:#x}")
 
-    def _reclaim_clean(self, ev: Event) -> None:
+    def _pfn_event(self, ev: Event, text: str, fate: str) -> None:
+        """An event naming a pfn (clean drop, dirty mark, writeback): on the timeline of the gfn it holds."""
         a = ev.args
         if a is None:
             return
-        pfn = a.pfn
-        g = self.pfn_gfn.get(pfn)
+        g = self.pfn_gfn.get(a.pfn)
         if g is not None:
-            self.want[g].append(f"{ev.ts} reclaim drops pfn {pfn:#x} as clean")
-            _fate(self.fates, g, pfn, "dropped_clean")
+            self.want[g].append(f"{ev.ts} {text.format(pfn=a.pfn, pid=ev.pid, name=ev.name)}")
+            _fate(self.fates, g, a.pfn, fate)
+
+    def _reclaim_clean(self, ev: Event) -> None:
+        self._pfn_event(ev, "reclaim drops pfn {pfn:#x} as clean", "dropped_clean")
 
     def _dirty(self, ev: Event) -> None:
-        a = ev.args
-        if a is None:
-            return
-        pfn = a.pfn
-        g = self.pfn_gfn.get(pfn)
-        if g is not None:
-            self.want[g].append(f"{ev.ts} pid {ev.pid} dirty mark pfn {pfn:#x} ({ev.name})")
-            _fate(self.fates, g, pfn, "dirty_mark")
+        self._pfn_event(ev, "pid {pid} dirty mark pfn {pfn:#x} ({name})", "dirty_mark")
 
     def _writeback(self, ev: Event) -> None:
-        a = ev.args
-        if a is None:
-            return
-        pfn = a.pfn
-        g = self.pfn_gfn.get(pfn)
-        if g is not None:
-            self.want[g].append(f"{ev.ts} writeback pfn {pfn:#x}")
-            _fate(self.fates, g, pfn, "writeback")
+        self._pfn_event(ev, "writeback pfn {pfn:#x}", "writeback")
 
     def _free(self, ev: Event) -> None:
         a = ev.args

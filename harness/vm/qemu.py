@@ -148,13 +148,17 @@ def kill_tree(pid: int) -> None:
         parent = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return
-    procs = parent.children(recursive=True) + [parent]
+    kill_procs(parent.children(recursive=True) + [parent])
+
+
+def kill_procs(procs: list[psutil.Process], wait_s: float = 5) -> None:
+    """SIGKILL each process (gone ones are fine) and wait for them."""
     for p in procs:
         try:
             p.kill()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
-    psutil.wait_procs(procs, timeout=5)
+    psutil.wait_procs(procs, timeout=wait_s)
 
 
 def reap_all() -> None:
