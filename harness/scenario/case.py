@@ -184,9 +184,8 @@ def _drive_l1(s: Scenario, ev: CaseEvidence, cdir: Path, sh: L1Shell, vm, scale:
             tracer.stop()
         _monitor_facts(ev, mon, t_l2, t0)
     log.phase("collect")
-    _collect_end(ev, cdir, sh, before)
+    res = _collect_end(ev, cdir, sh, before)
     if tracer:
-        res = ledger_oracle.parse_console(judge_mod.ledger_stream(ev, judge_mod.load_logs(cdir)))
         ev.trace_findings = [Finding(**f) for f in tracer.judge(res)]
         ev.trace = tracer.run.get("trace", {})
 
@@ -207,8 +206,9 @@ def _monitor_facts(ev: CaseEvidence, mon: l1host.Monitor, t_l2: float, t0: float
                      "injected": mon.scenario.inject if mon.injected else None}
 
 
-def _collect_end(ev: CaseEvidence, cdir: Path, sh: L1Shell, before: dict) -> None:
-    """End-of-run state from L1.  A fact that cannot be read is recorded as unavailable (an infra finding)."""
+def _collect_end(ev: CaseEvidence, cdir: Path, sh: L1Shell, before: dict) -> ledger_oracle.LedgerResult:
+    """End-of-run state from L1.  A fact that cannot be read is recorded as unavailable (an infra finding).
+    Returns the ledger as recorded (the trace oracle joins its bad pages with their timelines)."""
     got: dict[str, str] = {}
     missing = []
     for name, cmd in (("vmstat", "cat /proc/vmstat"), ("taint", "cat /proc/sys/kernel/tainted"),
@@ -239,3 +239,4 @@ def _collect_end(ev: CaseEvidence, cdir: Path, sh: L1Shell, before: dict) -> Non
         ev.l2.qemu_log_tail = got["l2-qemu"].strip()[-200:]
     res = ledger_oracle.parse_console(judge_mod.ledger_stream(ev, judge_mod.load_logs(cdir)))
     atomic_write(cdir / "ledger.jsonl", "".join(json.dumps(e) + "\n" for e in res.events))
+    return res

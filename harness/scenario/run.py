@@ -131,7 +131,7 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     patch = patches[-1].get("subject") if patches else "none (unpatched kernel)"
     progress = RunProgress(rd.run_id, s.ledger.rounds, err)
     progress(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
-    ev, verdict, interrupted, infra_events, attempt1_s = new_evidence(s, case, patch), None, False, [], None
+    verdict, interrupted, infra_events, attempt1_s = None, False, [], None
     with WallClock(s.timeouts.total_s) as wall:
         for attempt in (1, 2):
             ev = new_evidence(s, case, patch)
