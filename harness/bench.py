@@ -107,10 +107,10 @@ def prepare_matrix(mpath: Path) -> dict:
     m = load_matrix(mpath)
     cells = expand(m)
     scen = mpath.parent / m.scenario
-    scenarios = [load_scenario(scen, overrides_of(c.variant)) for c in cells if c.expect != "hardware-only"]
+    scenarios = [load_scenario(scen, overrides_of(c.variant)) for c in cells if not c.requires]
     t0 = time.monotonic()
     kernels = {k: resolve(m.kernels[k], mpath.parent) for k in dict.fromkeys(c.kernel for c in cells)
-               if any(c.kernel == k and c.expect != "hardware-only" for c in cells)}
+               if any(c.kernel == k and not c.requires for c in cells)}  # cells that need no particular host
     warm_images(kernels)
     return {"name": m.name, "cells": len(cells), "prepare_s": round(time.monotonic() - t0, 1),
             "cores": len(os.sched_getaffinity(0)), "jobs_auto": job_count("auto", scenarios)}

@@ -36,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--json", action="store_true")
 
     d = sub.add_parser("doctor", help="print the host's capabilities and what to install or enable")
-    d.add_argument("--require-kvm", action="store_true", help="exit 3 unless KVM really runs a kernel")
+    d.add_argument("--require-kvm", action="store_true",
+                   help="exit 3, one line per failed check, unless this host can run nested KVM (KVM module, "
+                        "/dev/kvm, nested=1, VT-x/AMD-V, packages, free disk; no kernel needed)")
+    d.add_argument("--no-probe", action="store_true",
+                   help="skip the optional boot probe (run only when a kernel is cached)")
 
     rp = sub.add_parser("report", help="re-render summary/JUnit for a results folder, or judge it again")
     rp.add_argument("run_dir")
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             return cli_classify(args.file, as_json=args.json)
         if args.cmd == "doctor":
             from harness.vm.doctor import cli_doctor
-            return cli_doctor(require_kvm=args.require_kvm)
+            return cli_doctor(require_kvm=args.require_kvm, probe=not args.no_probe)
         if args.cmd == "report" and args.rejudge:
             from harness.report.rejudge import cli_rejudge
             return cli_rejudge(args.run_dir, as_json=args.json)

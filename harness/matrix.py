@@ -5,6 +5,9 @@ each run at the first lost write); a cell expected clean runs its whole budget. 
 results/matrix-<id>/: matrix.json, summary.txt, junit.xml (one test case per cell), heatmap.png (kernels ×
 variants, named by each variant's `label:` or its knobs; green as expected, red mismatch, grey not run), runs/.
 Mutation score = mutants caught / mutants that can run here; false positives = finding runs in clean cells.
+A group's `requires:` (harness.matrix_requires) says what its cells need of the host (accel kvm, an Intel or AMD
+L1, L0's EPT A/D bits); a cell this host cannot give that to is `skipped` with the reason, never run, never a
+pass, never in the mutation score.
 Each cell has a stable id (harness.matrix_shard: --list, --shard I/N); every run is a `harness run` child, up
 to --jobs at once (harness.matrix_jobs); `harness merge` joins shard folders (harness.merge).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,12 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.config import load_scenario
 from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_PASS, InputError
+from harness.matrix_requires import Requires, cell_skip_reason, knob_requirements, missing_requirements
 from harness.paths import results_root
 from harness.report.junit import matrix_junit
 from harness.report.results import RunDir, atomic_write, write_json
 from harness.yamlload import load_model
 
-Expect = Literal["clean", "finding", "hardware-only"]
+Expect = Literal["clean", "finding"]
 
 
 class KernelRef(BaseModel):
@@ -45,6 +50,7 @@ class Group(BaseModel):
     variants: list[dict] = [{}]  # --set overrides; an optional `label:` names the variant (heat map) only
     expect: Expect
     why: str = ""
+    requires: Requires = Field(default_factory=Requires)  # what the host must offer (else: skipped, with why)
     # one cell per seed (instead of seeds as repeats of one cell): a time-to-catch distribution per mutant
     cell_per_seed: bool = False
     budget_runs: int | None = Field(None, ge=1)  # overrides the matrix's budget for this group's cells
@@ -78,6 +84,8 @@ class Cell:
     seed: int | None = None  # set: this cell runs only this seed
     budget: int | None = None
     label: str | None = None  # the variant's `label:` (a name for people: heat map; never an override)
+    requires: dict = field(default_factory=dict)  # its group's `requires:` (harness.matrix_requires.Requires)
+    skip: str | None = None  # set when this host cannot meet `requires`: why (the cell is then never run)
 
     @property
     def id(self) -> str:
@@ -103,7 +111,7 @@ class Cell:
 
     @property
     def outcome(self) -> str:
-        if self.expect == "hardware-only" and not self.runs:
+        if self.skip and not self.runs:
             return "skipped"
         verdicts = [r["verdict"] for r in self.runs]
         if "finding" in verdicts:
@@ -116,7 +124,17 @@ class Cell:
 
     @property
     def ok(self) -> bool:
-        return self.outcome == self.expect or self.outcome == "skipped"
+        """Ran, and as expected.  A skipped cell is not ok (it proved nothing) and not a mismatch: `settled`."""
+        return self.outcome == self.expect
+
+    @property
+    def skipped(self) -> bool:
+        return self.outcome == "skipped"
+
+    @property
+    def settled(self) -> bool:
+        """Nothing to fix here: as expected, or skipped because the host cannot run it."""
+        return self.ok or self.skipped
 
 
 def load_matrix(path: Path) -> Matrix:
@@ -149,7 +167,8 @@ def variant_label(variant: dict) -> str:
 
 
 def expand(m: Matrix) -> list[Cell]:
-    cells = [Cell(k, v, g.expect, g.why, seed=sd, budget=g.budget_runs, label=label)
+    cells = [Cell(k, v, g.expect, g.why, seed=sd, budget=g.budget_runs, label=label,
+                  requires=g.requires.model_dump(exclude_none=True))
              for g in m.groups for k in g.kernels for v, label in map(split_label, g.variants)
              for sd in (m.seeds if g.cell_per_seed else [None])]
     seen: dict[str, Cell] = {}
@@ -158,6 +177,26 @@ def expand(m: Matrix) -> list[Cell]:
             raise InputError(f"matrix {m.name}: cell {c.name} appears twice (same kernel, variant and seed)")
         seen[c.id] = c
     return cells
+
+
+def check_requirements(m: Matrix, cells: list[Cell], scenarios: dict) -> None:
+    """Each cell's knobs need no more of the host than its group's `requires:` states (`scenarios`: cell id →
+    its Scenario): else an input error now, not an infrastructure verdict at L1's set-up an hour in."""
+    for c in cells:
+        need = knob_requirements(scenarios[c.id].kvm_intel)
+        missing = missing_requirements(c.requires, need)
+        if missing:
+            raise InputError(f"matrix {m.name}: cell {c.name} sets kvm_intel {scenarios[c.id].kvm_intel.params()}, "
+                             f"which needs {need.text()} of the host; its group's requires: does not say "
+                             f"{', '.join(missing)}")
+
+
+def mark_skips(cells: list[Cell], caps) -> list[Cell]:
+    """Set each cell's `skip` from its requirements and the host's capabilities (harness.vm.host.HostCaps);
+    returns the cells to run."""
+    for c in cells:
+        c.skip = cell_skip_reason(c.requires, caps) if c.requires else None
+    return [c for c in cells if not c.skip]
 
 
 def seeds_of(m: Matrix, c: Cell) -> list[int]:
@@ -222,7 +261,8 @@ def resolve(ref: KernelRef, base: Path) -> dict:
 
 def score(m: Matrix, cells: list[Cell]) -> dict:
     mutants = {k for k, r in m.kernels.items() if r.mutant}
-    runnable = {c.kernel for c in cells if c.kernel in mutants and c.expect == "finding"}
+    # a mutant whose every finding cell was skipped here is not in the score: it could not be caught here
+    runnable = {c.kernel for c in cells if c.kernel in mutants and c.expect == "finding" and not c.skipped}
     caught = {c.kernel for c in cells if c.kernel in runnable and c.expect == "finding" and c.outcome == "finding"}
     # a false positive convicts a correct kernel; a finding on a mutant in a cell declared hidden is a mismatch
     # (shown as such), not a false positive
@@ -237,7 +277,8 @@ def score(m: Matrix, cells: list[Cell]) -> dict:
     return {"mutants": sorted(mutants), "runnable_mutants": sorted(runnable), "caught": sorted(caught),
             "retries": retry_rates(cells),
             "mutation_score": (len(caught) / len(runnable)) if runnable else None, "false_positives": fp,
-            "time_to_catch": ttc, "cells_ok": sum(c.ok for c in cells), "cells": len(cells)}
+            "time_to_catch": ttc, "cells_ok": sum(c.ok for c in cells), "cells": len(cells),
+            "cells_skipped": sum(c.skipped for c in cells)}
 
 
 def retry_rates(cells: list[Cell]) -> dict:
@@ -255,15 +296,13 @@ def retry_rates(cells: list[Cell]) -> dict:
 
 
 def summary(m: Matrix, cells: list[Cell], sc: dict) -> str:
-    ms = sc["mutation_score"]
-    ms_text = "n/a" if ms is None else f"{100 * ms:.0f} %"
-    L = [f"matrix {m.name}: {sc['cells_ok']}/{sc['cells']} cells as expected; mutation score {ms_text} "
-         f"({len(sc['caught'])}/{len(sc['runnable_mutants'])}); false positives {sc['false_positives']}", ""]
+    L = [f"matrix {m.name}: {headline(sc)}", ""]
     L.append(f"{'cell':58} {'expect':14} {'outcome':9} runs retried  first finding")
     for c in cells:
         ff = [r.get("first_finding_s") for r in c.runs if r.get("first_finding_s") is not None]
+        tail = f"  # SKIP {c.skip}" if c.skipped else "" if c.ok else "  <-- MISMATCH"
         L.append(f"{c.name:58} {c.expect:14} {c.outcome:9} {len(c.runs):4} {c.retries:7}  "
-                 f"{(str(ff[0]) + ' s') if ff else '-':>8} {'' if c.ok else '  <-- MISMATCH'}")
+                 f"{(str(ff[0]) + ' s') if ff else '-':>8} {tail}")
     L += ["", "TCG retries (an L2 crash with no lost write, run again) per kernel and MMU:"]
     L += [f"  {k:40} {e['retried']}/{e['runs']} runs ({100 * e['rate']:.0f} %)" for k, e in sc["retries"].items()]
     L += ["", "evidence (first catching run of each cell):"]
@@ -276,6 +315,17 @@ def summary(m: Matrix, cells: list[Cell], sc: dict) -> str:
     for k, t in sc["time_to_catch"].items():
         L.append(f"  {k:20} median {t['median_s']} s, min {t['min_s']} s over {t['runs_caught']} catching runs")
     return "\n".join(L) + "\n"
+
+
+def headline(sc: dict) -> str:
+    """'20/20 cells as expected, 12 skipped on this host; mutation score …': skipped cells are neither."""
+    ms = sc["mutation_score"]
+    ms_text = "n/a" if ms is None else f"{100 * ms:.0f} %"
+    skipped = sc.get("cells_skipped", 0)
+    return (f"{sc['cells_ok']}/{sc['cells'] - skipped} cells as expected"
+            + (f", {skipped} skipped on this host (requires:)" if skipped else "")
+            + f"; mutation score {ms_text} ({len(sc['caught'])}/{len(sc['runnable_mutants'])}); "
+              f"false positives {sc['false_positives']}")
 
 
 def junit(m: Matrix, cells: list[Cell]) -> str:
@@ -361,7 +411,8 @@ def save(mdir: Path, m: Matrix, cells: list[Cell], meta: dict | None = None) -> 
     sc = score(m, cells)
     write_json(mdir / "matrix.json", {"name": m.name, **(meta or {}), "score": sc,
                                       "cells": [{"id": c.id} | c.__dict__ |
-                                                {"outcome": c.outcome, "ok": c.ok, "retries": c.retries}
+                                                {"outcome": c.outcome, "ok": c.ok, "retries": c.retries,
+                                                 "skipped": c.skipped}
                                                 for c in cells]})
     return sc
 
@@ -394,17 +445,31 @@ def cli_matrix(args) -> int:
     cells = expand(m)
     # every variant must be a valid scenario: fail now, not an hour in
     scenarios = {c.id: load_scenario(scen_path, overrides_of(c.variant)) for c in cells}
+    check_requirements(m, cells, scenarios)
     index, count = sh.parse_shard(getattr(args, "shard", None))
     mine = sh.shard_cells(cells, index, count)
-    if getattr(args, "list", False):
+    listing = getattr(args, "list", False)
+    root = Path(args.results) if args.results else results_root()
+    if not listing:
+        check_free_space(root, base)
+    caps = None
+    if any(c.requires for c in mine):  # only then does the host matter (no probe for a matrix without requires:)
+        from harness.vm.host import host_caps
+        # --list boots nothing: static checks and a probe remembered from this host boot
+        caps = host_caps(probe_kernel=None if listing else _probe_kernel)
+        print(f"matrix: this host: {caps.describe()}", file=sys.stderr)
+    runnable = mark_skips(mine, caps) if caps is not None else list(mine)
+    if caps is not None:
+        print(f"matrix: {len(mine) - len(runnable)} of {len(mine)} cells skipped on this host (their requires:)",
+              file=sys.stderr)
+    if listing:
         print(sh.list_text(mine), end="")
         return EXIT_PASS
-    runnable = [c for c in mine if c.expect != "hardware-only"]
     jobs = mj.job_count(getattr(args, "jobs", None), [scenarios[c.id] for c in runnable])
-    root = Path(args.results) if args.results else results_root()
-    check_free_space(root, base)
     install_signal_handlers()  # SIGTERM during a kernel build stops the matrix too
     meta = sh.identity(mpath, scen_path, m, index, count, mine)
+    if caps is not None:
+        meta["host"] = caps.to_json()
     # the same lifecycle as a run's folder: .incomplete until every cell has run
     shard_tag = f"-shard{index}of{count}" if count > 1 else ""
     rd = RunDir(root, f"matrix-{time.strftime('%Y%m%d-%H%M%S')}-{m.name}{shard_tag}")
@@ -428,4 +493,11 @@ def cli_matrix(args) -> int:
     rd.finish()
     print(text)
     print(f"matrix results: {final}")
-    return EXIT_PASS if all(c.ok for c in mine) else EXIT_FINDING
+    return EXIT_PASS if all(c.settled for c in mine) else EXIT_FINDING
+
+
+def _probe_kernel() -> Path:
+    """The kernel the host's KVM boot probe boots (as a run's own probe does): Debian's prebuilt, which every run
+    needs anyway as L2's kernel."""
+    from harness.kernel.prebuilt import ensure_prebuilt_kernel
+    return ensure_prebuilt_kernel() / "bzImage"

@@ -210,7 +210,8 @@ def warm_images(kernels: dict[str, dict]) -> None:
         from harness.images.l1 import build_l1_image
         from harness.images.l2 import build_l2_image
         from harness.kernel.prebuilt import ensure_prebuilt_kernel
-        l2, l2k = build_l2_image(), ensure_prebuilt_kernel()
+        l2k = ensure_prebuilt_kernel()
+        l2 = build_l2_image(l2k)
         for meta in kernels.values():
             if meta.get("dir"):
                 build_l1_image(Path(meta["dir"]), meta["release"], l2, l2k / "bzImage")
@@ -230,7 +231,7 @@ def _finish_one(ctx: Context, job: Job) -> tuple[bool, bool]:
 
 def run_cells(cells: list[Cell], ctx: Context, on_cell_done: Callable[[Cell], None]) -> bool:
     """Run every cell's runs, `ctx.jobs` cells at a time, in the cells' order.  True when interrupted."""
-    todo = deque(Job(c, seeds_of(ctx.m, c)) for c in cells if c.expect != "hardware-only")
+    todo = deque(Job(c, seeds_of(ctx.m, c)) for c in cells if not c.skip)  # skipped: the host cannot (requires:)
     active: list[Job] = []
     try:
         if ctx.jobs > 1:

@@ -39,8 +39,10 @@ def shard_cells(cells: list, index: int, count: int) -> list:
 
 
 def list_text(cells: list) -> str:
-    """One line per cell: id, expectation, name."""
-    return "".join(f"{c.id}  {c.expect:13}  {c.name}\n" for c in cells)
+    """One line per cell: id, expectation, name, and `# SKIP why` for a cell this host cannot run (its group's
+    requires:, harness.matrix_requires)."""
+    return "".join(f"{c.id}  {c.expect:13}  {c.name}" + (f"  # SKIP {c.skip}" if getattr(c, "skip", None) else "")
+                   + "\n" for c in cells)
 
 
 def matrix_id(matrix_yaml: Path, scenario_yaml: Path) -> str:

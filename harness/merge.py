@@ -73,6 +73,7 @@ def merged_cells(shards: list[tuple[Path, dict]]) -> tuple[Matrix, list[Cell], d
     ids = [c.id for c in cells]
     owner: dict[str, Path] = {}
     runs: dict[str, list] = {}
+    skips: dict[str, str | None] = {}
     for d, j in shards:
         want = shard_ids(ids, j["shard"]["index"], j["shard"]["count"])
         if set(j["cell_ids"]) != want:
@@ -82,10 +83,11 @@ def merged_cells(shards: list[tuple[Path, dict]]) -> tuple[Matrix, list[Cell], d
             if e.get("id") in owner:
                 raise InputError(f"cannot merge: {owner[e['id']]} and {d} both ran cell {e['id']} (overlapping shards)")
             owner[e["id"]], runs[e["id"]] = d, e.get("runs", [])
+            skips[e["id"]] = e.get("skip")  # each shard's own host decided what it could run
     for c in cells:
         if c.id not in owner:
             raise InputError(f"cannot merge: cell {c.id} {c.name} is in no shard's matrix.json")
-        c.runs = runs[c.id]
+        c.runs, c.skip = runs[c.id], skips[c.id]
     return m, cells, owner
 
 
@@ -128,4 +130,4 @@ def cli_merge(args) -> int:
     rd.finish()
     print(text)
     print(f"matrix results: {rd.final}")
-    return EXIT_PASS if all(c.ok for c in cells) else EXIT_FINDING
+    return EXIT_PASS if all(c.settled for c in cells) else EXIT_FINDING

@@ -47,7 +47,7 @@ def matrix_junit(name: str, cells: Iterable) -> str:
     for c in cells:
         tc = TestCase(c.name, classname=name, time=round(float(sum(r.get("total_s") or 0 for r in c.runs)), 1))
         if c.outcome == "skipped":
-            tc.result = [Skipped("hardware-only: needs bare-metal KVM")]
+            tc.result = [Skipped(c.skip or "skipped on this host")]
         elif not c.ok:
             res = (Error if c.outcome in INFRA_OUTCOMES else Failure)(f"expected {c.expect}, got {c.outcome}")
             res.text = "\n".join(f"{r['run_dir']}: {r['verdict']} {r.get('titles')}" for r in c.runs)

@@ -129,8 +129,8 @@ def cell_lines(cell: dict, num: int) -> list[str]:
         if r.get("evidence"):
             break  # the first catching run's evidence is enough here (summary.txt has it all)
     ok = bool(cell.get("ok"))
-    if outcome == "skipped":
-        tail = " # SKIP hardware-only"
+    if outcome == "skipped":  # KTAP's skip is an "ok" line with a reason; never counted as passed
+        ok, tail = True, f" # SKIP {clean(cell.get('skip') or 'skipped on this host')}"
     elif not ok and outcome in INFRA_OUTCOMES:
         tail = f" # ERROR {outcome}: expected {expect}, got {outcome}"
     else:
@@ -154,10 +154,12 @@ def matrix_ktap(matrix_json: dict) -> str:
     sc = matrix_json.get("score") or {}
     ms = sc.get("mutation_score")
     ms_text = "n/a" if ms is None else f"{100 * ms:.0f} %"
-    head = (f"matrix {matrix_json.get('name')}: {sc.get('cells_ok')}/{sc.get('cells')} cells as expected; mutation "
+    skipped = sc.get("cells_skipped") or 0
+    head = (f"matrix {matrix_json.get('name')}: {sc.get('cells_ok')}/{(sc.get('cells') or 0) - skipped} cells as "
+            f"expected" + (f", {skipped} skipped on this host" if skipped else "") + f"; mutation "
             f"score {ms_text} ({len(sc.get('caught') or [])}/{len(sc.get('runnable_mutants') or [])}); "
             f"false positives {sc.get('false_positives')}")
-    ok = all(c.get("ok") for c in cells)
+    ok = all(c.get("ok") or c.get("outcome") == "skipped" for c in cells)
     return "\n".join(["KTAP version 1", "1..1"] + ["  " + s for s in sub]
                      + [f"# {clean(head)}", f"{'ok' if ok else 'not ok'} 1 {mname}"]) + "\n"
 

@@ -84,18 +84,29 @@ def host_identity() -> str:
     return f"{boot} {qemu} {os.stat(qemu).st_mtime_ns if qemu else 0}"
 
 
+def cached_failure(ident: str | None = None) -> str | None:
+    """The reason of a probe that failed earlier in this host boot (accel-probe.json), or None: no boot, no
+    QEMU (what `harness matrix --list` can say about KVM without probing)."""
+    from harness.paths import cache_dir
+    ident = host_identity() if ident is None else ident
+    try:
+        rec = json.loads((cache_dir() / "accel-probe.json").read_text())
+        if ident and rec.get("host") == ident:
+            return rec["reason"] + " (probed once this host boot)"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def cached_probe(kernel: Path) -> tuple[bool, str]:
     """Probe once per host boot: a KVM that hangs the probe costs its full timeout (30 s here) on every run
     otherwise.  A probe that passed is not cached (a kernel that boots under KVM proves it every time)."""
     from harness.paths import cache_dir
     ident = host_identity()
     path = cache_dir() / "accel-probe.json"
-    try:
-        rec = json.loads(path.read_text())
-        if ident and rec.get("host") == ident:
-            return False, rec["reason"] + " (probed once this host boot)"
-    except (OSError, ValueError, KeyError):
-        pass
+    failed = cached_failure(ident)
+    if failed is not None:
+        return False, failed
     ok, reason = probe_kvm(kernel)
     if not ok and ident:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")

@@ -41,7 +41,7 @@ def test_matrix_junit_counts(tmp_path):
     cells = [Cell("clean", {}, "clean", runs=[run("pass"), run("pass")]),            # as expected
              Cell("clean", {"thp": "always"}, "clean", runs=[run("finding")]),       # a false positive
              Cell("mutant-a", {}, "finding", runs=[run("infra-error")]),             # could not tell
-             Cell("hw", {}, "hardware-only")]                                         # skipped here
+             Cell("hw", {}, "clean", skip="needs accel kvm: L1 runs under TCG here")]  # skipped here
     atomic_write(tmp_path / "junit.xml", junit(SimpleNamespace(name="quick"), cells[:3]))
     suite = _read(tmp_path / "junit.xml")
     assert (suite.name, suite.tests, suite.failures, suite.errors, suite.skipped) == ("matrix-quick", 3, 1, 1, 0)
@@ -52,4 +52,6 @@ def test_matrix_junit_counts(tmp_path):
     assert {c.classname for c in suite} == {"quick"}
     atomic_write(tmp_path / "junit.xml", junit(SimpleNamespace(name="quick"), cells))
     suite = _read(tmp_path / "junit.xml")
-    assert (suite.tests, suite.skipped) == (4, 1) and isinstance(next(c for c in suite if c.name == "hw[default]").result[0], Skipped)
+    hw = next(c for c in suite if c.name == "hw[default]").result[0]
+    assert (suite.tests, suite.skipped) == (4, 1) and isinstance(hw, Skipped)
+    assert hw.message == "needs accel kvm: L1 runs under TCG here"  # the reason, not a pass

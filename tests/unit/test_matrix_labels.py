@@ -118,7 +118,7 @@ def grid_cells():
         C("mutant-b", {"thp": "always"}, "finding", runs=[run("pass")]),                # red: missed
         C("mutant-c", {}, "finding", runs=[run("infra-error")], label="default"),      # red: could not tell
         C("mutant-c", {"thp": "always"}, "finding"),                                    # grey: not run
-        C("mutant-c", {"swap": {"kind": "zram"}}, "hardware-only", label="zram"),       # grey: skipped here
+        C("mutant-c", {"swap": {"kind": "zram"}}, "clean", label="zram", skip="needs accel kvm"),  # grey: skipped
     ]
 
 
@@ -138,7 +138,7 @@ def test_heatmap_cells_say_outcome_and_expectation():
     assert t[0][0] == "clean\nexpect clean" and t[0][1] == "finding\nexpect clean"
     assert t[1][0] == "finding ×2\nexpect finding"  # the seeds of a one-cell-per-seed group share a slot
     assert t[1][2] == "clean\nexpect clean" and t[3][0] == "infra\nexpect finding"
-    assert t[3][1] == "not-run\nexpect finding" and t[3][2] == "skipped\nexpect hardware-only"
+    assert t[3][1] == "not-run\nexpect finding" and t[3][2] == "skipped\nexpect clean"
     assert t[0][2] == ""
 
 

@@ -94,7 +94,7 @@ def test_the_three_callers_share_the_format(tmp_path):
     for load, name, prefix in [
         (load_scenario, "s.yaml", ":3: key 'ledger.rounds': Input should be greater than or equal to 1"),
         (load_kernel_yaml, "k.yaml", ":3: key 'base.ref': Input should be a valid string"),
-        (load_matrix, "m.yaml", ":5: key 'groups.0.expect': Input should be 'clean', 'finding' or 'hardware-only'"),
+        (load_matrix, "m.yaml", ":5: key 'groups.0.expect': Input should be 'clean' or 'finding'"),
     ]:
         with pytest.raises(InputError) as e:
             load(tmp_path / name)
