@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -166,8 +167,26 @@ def run_logged(cmd: list[str], cwd: Path, log_file, title: str, env: dict | None
             signal.signal(sig, h)
         log_file.flush()
     if rc != 0:
-        errs = [t for t in tail if "error" in t.lower() or "Error" in t] or tail[-5:]
-        raise InfraError(f"{title} failed (exit {rc}): {' | '.join(errs[-5:])[-800:]}")
+        try:
+            lines = Path(log_file.name).read_text(errors="replace").splitlines()
+        except (OSError, TypeError, AttributeError):
+            lines = tail
+        where = f" (log: {log_file.name})" if isinstance(getattr(log_file, "name", None), str) else ""
+        raise InfraError(f"{title} failed (exit {rc}): {build_failure_summary(lines or tail)}{where}")
+
+
+_COMPILER_ERROR = re.compile(r"^\S+:\d+(:\d+)?: (fatal )?error: ")
+
+
+def build_failure_summary(lines: list[str]) -> str:
+    """What a developer needs from a failed make: the first compiler error (file:line: error: ...), not the
+    cascade of "make[N]: *** Error 2" lines that follows it; make's own errors only when there is none."""
+    compiler = [t.strip() for t in lines if _COMPILER_ERROR.match(t.strip())]
+    if compiler:
+        more = f" (+{len(compiler) - 1} more)" if len(compiler) > 1 else ""
+        return compiler[0][:600] + more
+    errs = [t for t in lines[-40:] if "error" in t.lower()] or lines[-5:]
+    return " | ".join(errs[-5:])[-800:]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
