@@ -88,7 +88,8 @@ def bench_console(size_mb: float = 10) -> dict:
 
 # matrix-jobs stage: the same matrix with --jobs 1 and --jobs 2, as `harness matrix` children
 MATRIX_JOBS_FIXTURE = REPO / "tests/fixtures/matrices/bench-jobs.yaml"
-NIGHTLY_MATRICES = (REPO / "scenarios/nightly.yaml", REPO / "scenarios/catch-time.yaml")
+NIGHTLY_MATRICES = tuple(REPO / "scenarios" / m for m in
+                         ("nightly.yaml", "catch-time.yaml", "nightly-7.2.yaml", "nightly-debug.yaml"))
 
 
 def host_load() -> dict:

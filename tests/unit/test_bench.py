@@ -87,7 +87,8 @@ def test_nightly_flag_times_both_nightly_matrices(bench_env, monkeypatch):
     B.main(["--only", "matrix-jobs", "--nightly"])
     B.main(["--only", "matrix-jobs", "--jobs", "2,1"])
     assert seen == [(list(B.NIGHTLY_MATRICES), (1, 2)), (None, (2, 1))]
-    assert [p.name for p in B.NIGHTLY_MATRICES] == ["nightly.yaml", "catch-time.yaml"]
+    assert [p.name for p in B.NIGHTLY_MATRICES] == ["nightly.yaml", "catch-time.yaml", "nightly-7.2.yaml",
+                                                   "nightly-debug.yaml"]
 
 
 def test_build_flag_adds_the_slow_stages(bench_env, monkeypatch):
