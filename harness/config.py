@@ -48,6 +48,11 @@ class LedgerKnobs(Strict):
     selftest_pages: int = Field(0, ge=0)  # >0: simulate lost writes in L2 (proves the verifier)
     # >0: also re-verify the batch rewritten this many batches ago, so a loss shows within the round
     trail_batches: int = Field(24, ge=0)
+    # >0: host-side reads of guest pages (virtio DMA).  Before each batch is read in rounds >= 1, the ledger
+    # writes this fraction of its pages (whole aligned 8-gfn groups, seeded) to a small virtio disk with O_DIRECT,
+    # so L1's QEMU reads them: swapped in writable but clean with no SPTE, the pages the shadow MMU's prefetch
+    # (tdp_mmu: false) maps.  Exposes a kernel that releases prefetched pages clean (docs/detection.md).
+    dma_frac: float = Field(0.0, ge=0, le=1)
 
 
 class KvmIntelKnobs(Strict):

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Start L2's QEMU under L1's KVM inside a memory-limited cgroup v2 leaf, detached; it ends when L2 powers off.
-#   L2_MEM_MB L2_CPUS MEMORY_MAX_MB BACKEND=anon|memfd|file L2_APPEND KERNEL_NODE_MB
+#   L2_MEM_MB L2_CPUS MEMORY_MAX_MB BACKEND=anon|memfd|file L2_APPEND KERNEL_NODE_MB DMA_DISK_MB
 # KERNEL_NODE_MB > 0 splits L2's RAM in two.  Node 0 (L2's kernel and CPUs) is a tmpfs file that this shell
 # fills *before* QEMU starts, so its pages are charged to L1's root cgroup, outside memory.max (and shmem folios
 # come back dirty from swap anyway).  The rest is a cold-plugged DIMM on node 1 that L2 onlines as ZONE_MOVABLE
@@ -30,6 +30,22 @@ if [ "$KERNEL_NODE_MB" -gt 0 ]; then
 else
     mem="-m ${L2_MEM_MB} -object $data -machine memory-backend=ram0"
 fi
+# DMA_DISK_MB > 0 (ledger.dma_frac): a small virtio-blk disk (serial harness-dma) that the ledger writes its own
+# pages to with O_DIRECT, so that L2's QEMU reads those guest pages itself (swapping them in on a read access,
+# with no SPTE).  The backing is a raw file in L1's /run (tmpfs), filled here *before* QEMU starts: every page of
+# it exists and is charged to L1's root cgroup, as the kernel node file is; QEMU's writes only overwrite those
+# shmem pages, so nothing of the disk is charged to memory.max or competes with the ledger there (a sparse file,
+# or one QEMU extended, would be charged to the l2 cgroup; a file on L1's swap disk is not an option).  A few MiB
+# of L1's 4 GiB are nothing.  Not null-co, /dev/null or /dev/zero: those never read the buffer.  cache=writeback:
+# QEMU hands the guest's pages straight to pwritev and L1's kernel copies from them (a CPU read through QEMU's
+# page tables, the access that matters); cache=none changes nothing on tmpfs (its O_DIRECT is a buffered copy) but
+# needs an L1 of 6.6 or later.
+dma=""
+if [ "${DMA_DISK_MB:-0}" -gt 0 ]; then
+    dd if=/dev/zero of=/run/l2-dma.disk bs=1M count="$DMA_DISK_MB" 2>/dev/null
+    dma="-drive file=/run/l2-dma.disk,if=none,id=dma0,format=raw,cache=writeback"
+    dma="$dma -device virtio-blk-pci,drive=dma0,serial=harness-dma"
+fi
 rm -f /run/l2.rc /run/l2-console.log /run/l2-result.log
 : > /run/l2-console.log
 # The result channel: a virtio-serial port that L2's init and the ledger write every result line to.  A write
@@ -42,7 +58,7 @@ result="$result -device virtserialport,bus=vser0.0,chardev=result,name=harness.r
 setsid sh -c "echo \$\$ > $cg/cgroup.procs; echo \$\$ > /run/l2.pid; renice -n 10 -p \$\$ >/dev/null
   qemu-system-x86_64 -L /usr/share/qemu -enable-kvm -cpu host,-xsave -machine pc $mem -smp $L2_CPUS \
     -nodefaults -no-user-config -vga none -display none -no-reboot \
-    -serial file:/run/l2-console.log $result -kernel /l2/bzImage -initrd /l2/initramfs.cpio \
+    -serial file:/run/l2-console.log $result $dma -kernel /l2/bzImage -initrd /l2/initramfs.cpio \
     -append '$L2_APPEND' > /run/l2-qemu.log 2>&1
   echo \$? > /run/l2.rc" < /dev/null > /dev/null 2>&1 &
 sleep 0.2

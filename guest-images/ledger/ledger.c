@@ -8,18 +8,33 @@
  * generation of a page is computed from that hash, never stored in guest memory (a stored table would lose
  * writes too).  Between rounds a "reclaim window" lets L1 push our memory out to swap.
  *
+ * DMA exposure (--dma-frac F --dma-dev DEV, off by default): in rounds >= 1, just before a batch is read, the
+ * ledger writes the pages of that batch that fall in a seeded fraction F of aligned 8-gfn groups to a virtio disk
+ * with O_DIRECT, straight from the ledger's own pages, so L1's QEMU reads exactly those guest pages.  The batch
+ * was last touched a round ago and has been pushed out to swap since (its SPTEs zapped); QEMU's read swaps the
+ * pages back in on a read access (do_swap_page maps an exclusive anon page writable but clean), with no SPTE.
+ * Reading the batch then faults on one gfn of each group, and the shadow MMU's prefetch (kvm.tdp_mmu=N) installs
+ * writable SPTEs on the group's other gfns that are present: the ones QEMU just read.  The rewrite then writes
+ * some of them through those SPTEs, with no fault, and the trailing check reads them after they were evicted
+ * again: a kernel that releases prefetched pages clean loses those writes.  Whole groups are selected because a
+ * prefetch takes the present pages of a group only up to the first absent one.  The disk is only written (its
+ * offsets cycle), never read; verification is the same with or without it.
+ *
  * Output: one JSON object per line, prefixed "@@LEDGER ", on stdout (L2's serial console).
  * Bad pages: stale (valid CRC, older generation = lost dirty data), zero (all-zero page), corrupt (anything else).
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,12 +50,15 @@ struct page_hdr {
 
 static long opt_node = -1;
 static uint64_t opt_seed = 1, opt_pages = 1024, opt_rounds = 4, opt_batch = 256, opt_selftest, opt_trail;
-static double opt_write_frac = 0.5, opt_window = 3.0;
+static double opt_write_frac = 0.5, opt_window = 3.0, opt_dma_frac;
+static const char *opt_dma_dev;
 static int pagemap_fd = -1;
 static uint32_t crc_table[8][256];
 static int have_sse42;
 static uint64_t bad_lines, t0_ns;
 static uint64_t n_stale, n_zero, n_corrupt, n_verified, n_trail;
+static int dma_fd = -1;
+static uint64_t dma_size, dma_off, n_dma_pages, n_dma_writes;
 
 static uint64_t now_ns(void)
 {
@@ -126,6 +144,60 @@ static uint64_t gfn_of(const void *addr)
 	return ent & ((1ULL << 55) - 1);
 }
 
+/* Does round r DMA-write the pages of 8-gfn group g (the shadow MMU prefetches within such a group)?  Seeded,
+ * independent of the rewrite selection.  Without a gfn (no pagemap: not root) the index stands in for it. */
+static int dma_selected(uint64_t r, uint64_t g)
+{
+	uint64_t h = mix64(opt_seed ^ 0x444d41ULL ^ mix64(r * 0x9e3779b97f4a7c15ULL ^ mix64(g)));
+	return (double)(h >> 11) / (double)(1ULL << 53) < opt_dma_frac;
+}
+
+static int dma_open(void)
+{
+	dma_fd = open(opt_dma_dev, O_WRONLY | O_DIRECT);
+	if (dma_fd < 0) {
+		fprintf(stderr, "ledger: %s: %m\n", opt_dma_dev);
+		return -1;
+	}
+	off_t end = lseek(dma_fd, 0, SEEK_END);
+	if (end < PAGE) {
+		fprintf(stderr, "ledger: %s: %s\n", opt_dma_dev, end < 0 ? "cannot size it" : "smaller than a page");
+		return -1;
+	}
+	dma_size = (uint64_t)end / PAGE * PAGE;
+	return 0;
+}
+
+/* Write the selected pages of batch [b, e) of round r to the DMA disk, the ledger's own pages as the buffers. */
+static int dma_batch(uint8_t *buf, uint64_t b, uint64_t e, uint64_t r)
+{
+	struct iovec iov[IOV_MAX];
+	int n = 0;
+	for (uint64_t i = b; i <= e; i++) {
+		uint64_t gfn = i < e ? gfn_of(buf + i * PAGE) : 0;
+		int take = i < e && dma_selected(r, (gfn == ~0ULL ? i : gfn) / 8);
+		if (take) {
+			iov[n].iov_base = buf + i * PAGE;
+			iov[n].iov_len = PAGE;
+			n++;
+		}
+		/* one request per batch (pwritev gathers the scattered pages), split where the disk ends: offsets wrap */
+		if (n && (i == e || n == IOV_MAX || dma_off + (uint64_t)n * PAGE >= dma_size)) {
+			ssize_t w = pwritev(dma_fd, iov, n, (off_t)dma_off);
+			if (w != (ssize_t)n * PAGE) {
+				fprintf(stderr, "ledger: DMA write of %d pages at %lu to %s: %s\n", n, dma_off, opt_dma_dev,
+					w < 0 ? strerror(errno) : "short write");
+				return -1;
+			}
+			n_dma_pages += n;
+			n_dma_writes++;
+			dma_off = (dma_off + w) % dma_size;
+			n = 0;
+		}
+	}
+	return 0;
+}
+
 static void write_page(uint8_t *p, uint64_t i, uint64_t gen)
 {
 	struct page_hdr *h = (struct page_hdr *)p;
@@ -205,7 +277,7 @@ int main(int argc, char **argv)
 	static struct option opts[] = {
 		{"pages", 1, 0, 'p'}, {"rounds", 1, 0, 'r'}, {"seed", 1, 0, 's'}, {"write-frac", 1, 0, 'w'},
 		{"window", 1, 0, 'W'}, {"batch", 1, 0, 'b'}, {"selftest", 1, 0, 'T'}, {"trail", 1, 0, 't'},
-		{"node", 1, 0, 'n'},
+		{"node", 1, 0, 'n'}, {"dma-frac", 1, 0, 'D'}, {"dma-dev", 1, 0, 'd'},
 		{0, 0, 0, 0}};
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -219,11 +291,20 @@ int main(int argc, char **argv)
 		case 'T': opt_selftest = strtoull(optarg, 0, 0); break;
 		case 't': opt_trail = strtoull(optarg, 0, 0); break;
 		case 'n': opt_node = strtol(optarg, 0, 0); break;
+		case 'D': opt_dma_frac = atof(optarg); break;
+		case 'd': opt_dma_dev = optarg; break;
 		default: fprintf(stderr, "usage: ledger --pages N --rounds R --seed S [--write-frac F] "
-					 "[--window SEC] [--batch N] [--selftest N] [--trail BATCHES] [--node N]\n");
+					 "[--window SEC] [--batch N] [--selftest N] [--trail BATCHES] [--node N] "
+					 "[--dma-frac F --dma-dev DEV]\n");
 			return 2;
 		}
 	}
+	if (opt_dma_frac < 0 || opt_dma_frac > 1 || (opt_dma_frac > 0 && !opt_dma_dev)) {
+		fprintf(stderr, "ledger: --dma-frac must be in [0, 1] and needs --dma-dev\n");
+		return 2;
+	}
+	if (opt_dma_frac > 0 && dma_open())
+		return 3;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	crc_init();
 	t0_ns = now_ns();
@@ -265,6 +346,8 @@ int main(int argc, char **argv)
 		uint64_t written = 0;
 		for (uint64_t b = 0; b < opt_pages; b += opt_batch) {
 			uint64_t e = b + opt_batch < opt_pages ? b + opt_batch : opt_pages;
+			if (dma_fd >= 0 && dma_batch(buf, b, e, r)) /* QEMU reads these pages before we do */
+				return 3;
 			for (uint64_t i = b; i < e; i++) /* read first */
 				verify_page(buf + i * PAGE, i, expected_gen(i, r - 1), r);
 			for (uint64_t i = b; i < e; i++) {
@@ -311,6 +394,10 @@ int main(int argc, char **argv)
 	}
 	for (uint64_t i = 0; i < opt_pages; i++)
 		verify_page(buf + i * PAGE, i, expected_gen(i, opt_rounds), opt_rounds + 1);
+	if (dma_fd >= 0)
+		printf("@@LEDGER {\"ev\":\"dma\",\"dev\":\"%s\",\"frac\":%.3f,\"pages\":%lu,\"writes\":%lu,"
+		       "\"disk_bytes\":%lu,\"t\":%.3f}\n",
+		       opt_dma_dev, opt_dma_frac, n_dma_pages, n_dma_writes, dma_size, elapsed());
 	printf("@@LEDGER {\"ev\":\"done\",\"pages\":%lu,\"rounds\":%lu,\"verified\":%lu,\"trail_verified\":%lu,"
 	       "\"stale\":%lu,\"zero\":%lu,\"corrupt\":%lu,\"t\":%.3f}\n",
 	       opt_pages, opt_rounds, n_verified, n_trail, n_stale, n_zero, n_corrupt, elapsed());

@@ -1,6 +1,8 @@
-"""L2 initramfs: busybox + the ledger workload (static C) + init.  Cached by a hash of its inputs."""
+"""L2 initramfs: busybox + the ledger workload (static C) + init, and L2's kernel's virtio_blk module (for the
+ledger's DMA disk, ledger.dma_frac; Debian builds it as a module).  Cached by a hash of its inputs."""
 from __future__ import annotations
 
+import lzma
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -32,8 +34,21 @@ def build_ledger(out: Path) -> Path:
     return build_static(GUEST / "ledger/ledger.c", out)
 
 
-def build_l2_image() -> L2Image:
-    inputs = [GUEST / "ledger/ledger.c", GUEST / "l2/init", Path("/bin/busybox")]
+# L2's kernel modules in the initramfs, loaded by L2's init only when they are needed
+L2_MODULES = ["virtio_blk"]
+
+
+def l2_module_files(l2_kernel_dir: Path) -> list[Path]:
+    """L2_MODULES of the kernel L2 boots (with their dependencies, in load order; built-ins are skipped)."""
+    from harness.images.l1 import module_files  # l1 imports this module
+    rel = next((l2_kernel_dir / "modules/lib/modules").iterdir()).name
+    return module_files(l2_kernel_dir / "modules", rel, L2_MODULES)
+
+
+def build_l2_image(l2_kernel_dir: Path | None = None) -> L2Image:
+    """`l2_kernel_dir`: the kernel L2 will boot, whose modules go in (None: no modules, no DMA disk)."""
+    mods = l2_module_files(l2_kernel_dir) if l2_kernel_dir else []
+    inputs = [GUEST / "ledger/ledger.c", GUEST / "l2/init", Path("/bin/busybox"), *mods]
     key = inputs_hash(["l2-v1", *inputs])
     out = cache_dir() / "images" / f"l2-{key}.cpio"
     if out.exists():
@@ -44,5 +59,26 @@ def build_l2_image() -> L2Image:
         busybox_tree(root)
         build_ledger(root / "bin/ledger")
         copy_into(root, GUEST / "l2/init", "init", 0o755)
+        _install_modules(root, mods)
         pack(root, out)
     return L2Image(out, key)
+
+
+def _install_modules(root: Path, mods: list[Path]) -> None:
+    """Modules as /lib/modules/NAME.ko (busybox insmod reads no compressed module), their load order in
+    /lib/modules/order."""
+    if not mods:
+        return
+    d = root / "lib/modules"
+    d.mkdir(parents=True, exist_ok=True)
+    names = []
+    for f in mods:
+        name = f.name.removesuffix(".xz")
+        if f.suffix == ".xz":
+            (d / name).write_bytes(lzma.decompress(f.read_bytes()))
+        elif f.suffix == ".ko":
+            (d / name).write_bytes(f.read_bytes())
+        else:
+            raise InfraError(f"unsupported module compression: {f}")
+        names.append(name)
+    (d / "order").write_text("".join(n + "\n" for n in names))

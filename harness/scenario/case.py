@@ -79,10 +79,10 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
     log(f"accelerator: {accel.mode} ({accel.reason})")
     t = time.monotonic()
     log.phase("images")
-    l2img = build_l2_image()
     # L2 is only the guest: it always runs Debian's prebuilt 6.12 (memory hotplug for its data node, NUMA), so
     # that every kernel under test (L1) faces the same guest.
     l2_kdir = ensure_prebuilt_kernel()
+    l2img = build_l2_image(l2_kdir)
     l1img = build_l1_image(kdir, meta["release"], l2img, l2_kdir / "bzImage")
     timings["images_s"] = round(time.monotonic() - t, 2)
     info["images"] = {"l1": l1img.key, "l2": l2img.key, "l1_modules": l1img.modules,
@@ -167,10 +167,8 @@ def _drive_l1(s: Scenario, ev: CaseEvidence, cdir: Path, sh: L1Shell, vm, scale:
         # Armed when L2's init starts, not before L2's boot: per-fault kprobes (create-time rules) doubled L2's
         # boot under TCG (22.6 s -> 49.9 s, measured), and the ledger's pages are not touched before its start.
         tracer = TraceCapture(sh, s, cdir, {"kernel": ev.info["kernel_meta"], "l1": ev.info["l1"]})
-    env2 = {"L2_MEM_MB": str(s.l2_memory_mb), "L2_CPUS": str(s.l2_cpus), "MEMORY_MAX_MB": str(s.memory_max_mb),
-            "BACKEND": s.memory_backend, "L2_APPEND": l1host.l2_append(s), "KERNEL_NODE_MB": str(s.l2_kernel_node_mb)}
     t_l2 = time.monotonic()
-    sh.run(f"{l1host.env_prefix(env2)} /harness/start-l2.sh", timeout=60 * scale)
+    sh.run(f"{l1host.env_prefix(l1host.start_l2_env(s))} /harness/start-l2.sh", timeout=60 * scale)
     log(f"L2 started: {s.l2_memory_mb} MiB RAM ({s.memory_backend}), cgroup memory.max={s.memory_max_mb} MiB, "
         f"ledger {s.ledger.size_mb} MiB x {s.ledger.rounds} rounds")
     log.phase("L2 boot")

@@ -51,17 +51,31 @@ def setup_env(s: Scenario) -> dict[str, str]:
             "KVM_INTEL_PARAMS": s.kvm_intel.params()}
 
 
+# The ledger's DMA disk (ledger.dma_frac > 0): its offsets cycle, so a few MiB are enough.
+DMA_DISK_MB = 4
+
+
+def start_l2_env(s: Scenario) -> dict[str, str]:
+    """The environment of guest-images/l1/start-l2.sh."""
+    return {"L2_MEM_MB": str(s.l2_memory_mb), "L2_CPUS": str(s.l2_cpus), "MEMORY_MAX_MB": str(s.memory_max_mb),
+            "BACKEND": s.memory_backend, "L2_APPEND": l2_append(s), "KERNEL_NODE_MB": str(s.l2_kernel_node_mb),
+            "DMA_DISK_MB": str(DMA_DISK_MB if s.ledger.dma_frac > 0 else 0)}
+
+
 def l2_append(s: Scenario) -> str:
     lg = s.ledger
     ledger = (f"pages:{s.ledger_pages},rounds:{lg.rounds},seed:{s.seed},write-frac:{lg.write_fraction},"
               f"window:{lg.window_s},batch:{lg.batch_pages},selftest:{lg.selftest_pages},trail:{lg.trail_batches}")
     if s.l2_kernel_node_mb:
         ledger += ",node:1"
+    if lg.dma_frac > 0:  # L2's init finds the disk (start-l2.sh, DMA_DISK_MB) and adds --dma-dev
+        ledger += f",dma-frac:{lg.dma_frac}"
     # L2 dies loudly: an oops panics, a panic powers off (QEMU -no-reboot exits).
     # loglevel=5: warnings and worse reach the console (the oracle needs them) but the boot chatter does not;
     # every console byte is a nested exit, which costs seconds under TCG.
     # L2 is only the guest: no side-channel mitigations (each costs exits under nested TCG), no zeroing on
-    # allocation (the ledger writes every page itself), no 64 MiB bounce buffer (L2 has no DMA devices).
+    # allocation (the ledger writes every page itself), no 64 MiB bounce buffer (L2's virtio devices have no
+    # VIRTIO_F_ACCESS_PLATFORM, so they bypass the DMA API: the DMA disk's QEMU reads the ledger's own pages).
     words = ["console=ttyS0", "loglevel=5", "oops=panic", "panic=-1", "softlockup_panic=1", "mitigations=off",
              "init_on_alloc=0", "swiotlb=noforce", f"harness.ledger={ledger}"]
     if s.l2_kernel_node_mb:

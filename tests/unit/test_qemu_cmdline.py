@@ -71,9 +71,7 @@ def l2_argv(env: dict[str, str]) -> list[str]:
 
 
 def env_of(s: Scenario) -> dict[str, str]:
-    # as harness/scenario/case.py passes them to start-l2.sh
-    return {"L2_MEM_MB": str(s.l2_memory_mb), "L2_CPUS": str(s.l2_cpus), "MEMORY_MAX_MB": str(s.memory_max_mb),
-            "BACKEND": s.memory_backend, "L2_APPEND": l1host.l2_append(s), "KERNEL_NODE_MB": str(s.l2_kernel_node_mb)}
+    return l1host.start_l2_env(s)  # what harness/scenario/case.py passes to start-l2.sh
 
 
 HEAD = ["qemu-system-x86_64", "-L", "/usr/share/qemu", "-enable-kvm", "-cpu", "host,-xsave", "-machine", "pc"]
