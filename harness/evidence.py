@@ -76,6 +76,7 @@ class CaseEvidence(BaseModel):
     selftest_pages: int = 0
     min_pswpout: int = 0
     min_swap_ra_hit: int = 0
+    dma_frac: float = 0.0  # ledger.dma_frac: the run asked L1's QEMU to read guest pages (virtio DMA exposure)
     patch_under_test: str | None = None  # the top patch of the series: every real finding names it
     files: dict[str, str] = Field(default_factory=dict)  # role -> path relative to the case folder
     l1: L1Facts = Field(default_factory=L1Facts)

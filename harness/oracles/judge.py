@@ -131,14 +131,17 @@ def l2_end_finding(ev: CaseEvidence, logs: CaseLogs, res, l2_crashed: bool, oom:
                    title=f"L2 ended before the ledger finished (QEMU exit {rc}, {rounds})"), False
 
 
-def sensitivity_finding(ev: CaseEvidence) -> Finding | None:
-    """A pass counts only if L2's memory really went through swap and the exposed path ran."""
+def sensitivity_finding(ev: CaseEvidence, dma_pages: int | None = None) -> Finding | None:
+    """A pass counts only if L2's memory really went through swap and the exposed path ran (with ledger.dma_frac:
+    L1's QEMU really read guest pages for L2's disk writes)."""
     vd = ev.l1.vmstat_delta
     weak = [f"{k}={vd.get(k, 0)} < {need}" for k, need in (("pswpout", ev.min_pswpout),
                                                             ("swap_ra_hit", ev.min_swap_ra_hit))
             if vd.get(k, 0) < need]
     if ev.l1.swap_peak_frac > 0.5:
         weak.append(f"swap peaked {ev.l1.swap_peak_frac:.0%} full (> 50 % drops the swap cache and hides the race)")
+    if ev.dma_frac > 0 and not dma_pages:
+        weak.append(f"ledger.dma_frac={ev.dma_frac} but {dma_pages or 0} pages were DMA-written")
     if not weak:
         return None
     return infra("L1", "insufficient-pressure",
@@ -199,7 +202,7 @@ def judge(ev: CaseEvidence, logs: CaseLogs) -> Judgement:
     if first is None and not res.done and not oom and any(f.real for f in findings):
         first = ev.l2.ended_at_s  # L2 died or hung: its end is the first finding
     if res.done and not findings:
-        weak = [sensitivity_finding(ev), vacuous_rule_finding(ev.trace)]
+        weak = [sensitivity_finding(ev, res.dma_pages), vacuous_rule_finding(ev.trace)]
         findings += [w for w in weak if w]
     for f in findings:
         if f.real and ev.patch_under_test:

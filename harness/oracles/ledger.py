@@ -21,6 +21,7 @@ class LedgerResult:
     corrupt: int = 0
     bad: list[dict] = field(default_factory=list)  # the individually reported bad pages (bounded by the ledger)
     selftest: dict | None = None
+    dma_pages: int | None = None  # pages written to the DMA disk (ledger.dma_frac), from the "dma" line
     first_bad_t: float | None = None  # seconds since the ledger started
     last_t: float = 0.0
     events: list[dict] = field(default_factory=list)
@@ -30,9 +31,10 @@ class LedgerResult:
         return self.stale + self.zero + self.corrupt
 
     def totals(self) -> dict:
-        return {"pages": self.pages, "rounds": self.rounds, "rounds_done": self.rounds_done,
-                "pages_verified": self.pages_verified, "trail_verified": self.trail_verified, "stale": self.stale, "zero": self.zero,
-                "corrupt": self.corrupt, "complete": self.done}
+        out = {"pages": self.pages, "rounds": self.rounds, "rounds_done": self.rounds_done,
+               "pages_verified": self.pages_verified, "trail_verified": self.trail_verified, "stale": self.stale,
+               "zero": self.zero, "corrupt": self.corrupt, "complete": self.done}
+        return out | ({"dma_pages": self.dma_pages} if self.dma_pages is not None else {})
 
 
 def parse_line(line: str) -> dict | None:
@@ -63,6 +65,8 @@ def feed(res: LedgerResult, ev: dict) -> None:
         res.rounds_done = max(res.rounds_done, ev["round"])
     elif kind == "selftest":
         res.selftest = ev
+    elif kind == "dma":
+        res.dma_pages = ev.get("pages", 0)
     elif kind == "done":
         res.done = True
         res.pages_verified, res.stale, res.zero, res.corrupt = ev["verified"], ev["stale"], ev["zero"], ev["corrupt"]

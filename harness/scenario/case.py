@@ -37,6 +37,7 @@ RECORDED = ("l1-console.log", "l1-dmesg.log", "l2-console.log", "l2-result.log",
 def new_evidence(s: Scenario, case: str, patch: str | None) -> CaseEvidence:
     return CaseEvidence(case=case, l2_fault=s.l2_fault, selftest_pages=s.ledger.selftest_pages,
                         min_pswpout=s.thresholds.min_pswpout, min_swap_ra_hit=s.thresholds.min_swap_ra_hit,
+                        dma_frac=s.ledger.dma_frac,
                         patch_under_test=patch,
                         info={"accel": {}, "l1": {}, "l2": {}, "timings": {}, "kernel_meta": {}})
 

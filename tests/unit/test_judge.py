@@ -44,6 +44,12 @@ CASES = {
     "pressure failed": ({"l1": L1Facts(taint_before=0, taint_after=0, vmstat_delta={"pswpout": 5})},
                         CaseLogs(l2_result=ledger_lines(12)), "infra-error", {"insufficient-pressure"}, False),
     "stale pages": ({}, CaseLogs(l2_result=ledger_lines(12, stale=3)), "finding", {"stale"}, False),
+    # ledger.dma_frac asked L1's QEMU to read guest pages: a pass needs the ledger's "dma" line to show it did
+    "dma exposure ran": ({"dma_frac": 0.25}, CaseLogs(l2_result=ledger_lines(12).replace(
+        "@@LEDGER {\"ev\":\"done\"", '@@LEDGER {"ev":"dma","pages":24528,"writes":405}\n@@LEDGER {"ev":"done"')),
+        "pass", set(), False),
+    "dma exposure wrote nothing": ({"dma_frac": 0.25}, CaseLogs(l2_result=ledger_lines(12)), "infra-error",
+                                   {"insufficient-pressure"}, False),
     # the false alarm of 2026-12-01: all rounds, QEMU exit 0, the result stream's tail missing
     "result tail lost": ({}, CaseLogs(l2_console=ledger_lines(12, done=False, exit_line=False)), "infra-error",
                          {"result-tail-lost"}, True),
