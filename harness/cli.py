@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="judge the stored run again from its files alone; exit 0 when it agrees, 1 when not")
     rp.add_argument("--json", action="store_true", help="with --rejudge: print the comparison as JSON")
 
+    _add_scale_commands(sub)
+    return p
+
+
+def _add_scale_commands(sub) -> None:
+    """The many-run commands: matrix, merge, reproduce, bisect, lava-job, remote."""
     m = sub.add_parser("matrix", help="run a matrix of kernels x knobs x seeds")
     m.add_argument("matrix_yaml")
     m.add_argument("--results", default=None)
@@ -89,7 +95,6 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("host")
     rm.add_argument("action", choices=["run", "matrix"])
     rm.add_argument("args", nargs=argparse.REMAINDER, help="the action's arguments and the remote options")
-    return p
 
 
 def reap_descendants() -> None:
