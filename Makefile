@@ -39,10 +39,13 @@ test-on-hardware: setup-build
 	$(HARNESS) matrix scenarios/hardware.yaml
 
 ## The mutant matrix (kernels x knobs x seeds; JUnit, heat map, mutation score in results/), then the
-## ledger-alone time to catch per mutant and seed.
+## ledger-alone time to catch per mutant and seed, then LKDTM's crash reports on the 6.12/7.2 debug and 7.2 KASAN
+## kernels (built here if not cached) classified by the console oracle.
 nightly: setup-build
 	$(HARNESS) matrix scenarios/nightly.yaml; rc=$$?; \
-	$(HARNESS) matrix scenarios/catch-time.yaml || rc=$$((rc ? rc : $$?)); exit $$rc
+	$(HARNESS) matrix scenarios/catch-time.yaml || rc=$$((rc ? rc : $$?)); \
+	HARNESS_LKDTM=1 $(PYTEST) tests/integration/test_lkdtm.py --junitxml=$(RESULTS)/junit-lkdtm.xml \
+		|| rc=$$((rc ? rc : $$?)); exit $$rc
 
 ## Performance figures → results/bench-*.json
 bench: setup-build
