@@ -39,11 +39,14 @@ test-on-hardware: setup-build
 	$(HARNESS) matrix scenarios/hardware.yaml
 
 ## The mutant matrix (kernels x knobs x seeds; JUnit, heat map, mutation score in results/), then the
-## ledger-alone time to catch per mutant and seed, then LKDTM's crash reports on the 6.12/7.2 debug and 7.2 KASAN
-## kernels (built here if not cached) classified by the console oracle.
+## ledger-alone time to catch per mutant and seed, the 7.2 kernels and mutants, the debug-config axis, then
+## LKDTM's crash reports on the 6.12/7.2 debug and 7.2 KASAN kernels (built here if not cached) classified by the
+## console oracle.
 nightly: setup-build
 	$(HARNESS) matrix scenarios/nightly.yaml; rc=$$?; \
 	$(HARNESS) matrix scenarios/catch-time.yaml || rc=$$((rc ? rc : $$?)); \
+	$(HARNESS) matrix scenarios/nightly-7.2.yaml || rc=$$((rc ? rc : $$?)); \
+	$(HARNESS) matrix scenarios/nightly-debug.yaml || rc=$$((rc ? rc : $$?)); \
 	HARNESS_LKDTM=1 $(PYTEST) tests/integration/test_lkdtm.py --junitxml=$(RESULTS)/junit-lkdtm.xml \
 		|| rc=$$((rc ? rc : $$?)); exit $$rc
 
