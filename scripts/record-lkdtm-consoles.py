@@ -10,8 +10,8 @@ recorded.json (release, command line, accelerator, timings, what each writer did
 QEMU's stderr stay in results/lkdtm/<name>/.  Prints the oracle's verdict per type; exit 1 if any differs.
 
 Usage: scripts/record-lkdtm-consoles.py [NAME ...] [--build] [--types T1,T2] [--out DIR] [--no-boot]
-  NAME: debian-6.12-debug debian-7.2-debug debian-7.2-kasan (the default: all).  Boots QEMU: run it under
-  `flock /tmp/harness-qemu.lock` on a shared machine.
+  NAME: debian-6.12-debug debian-7.2-debug debian-7.2-kasan (the default: all).  Boots QEMU (one L1 per kernel):
+  on a machine shared with other QEMU runs, serialise it with them.
 """
 from __future__ import annotations
 
