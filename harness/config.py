@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from harness.guest.contract import CHOREOGRAPHIES, unknown_choreographies
 from harness.yamlload import load_model, parse_model
 
 
@@ -77,6 +78,29 @@ class Thresholds(Strict):
     """A pass counts only if the run could have failed (DESIGN §6 sensitivity)."""
     min_pswpout: int = Field(10000, ge=0)
     min_swap_ra_hit: int = Field(10000, ge=0)
+    # guest: micro pages out exactly the pages in play (no readahead, no background pressure): its gate is the
+    # VMM's own counters (pages out and back in) plus this much of L1's pswpout (capped at micro.pages)
+    micro_min_pswpout: int = Field(64, ge=0)
+
+
+class MicroKnobs(Strict):
+    """The micro-guest (guest: micro): a VMM of our own in L1 stages the race page by page (docs/microguest.md).
+    Its backend is the scenario's memory_backend (plus "thp", micro only)."""
+    choreographies: list[str] = Field(default_factory=lambda: ["write-pageout-read-write"], min_length=1)
+    pages: int = Field(1024, ge=1, le=1 << 20)
+    rounds: int = Field(4, ge=1, le=10000)
+    vcpus: int = Field(1, ge=1, le=8)
+    batch: int = Field(256, ge=1)
+    selftest_pages: int = Field(0, ge=0)  # >0: the VMM restores this many pages to an old copy (proves the oracle)
+
+    @model_validator(mode="after")
+    def _names(self):
+        bad = unknown_choreographies(self.choreographies)
+        if bad:
+            raise ValueError(f"unknown choreography {', '.join(map(repr, bad))} (valid: {', '.join(CHOREOGRAPHIES)})")
+        if self.selftest_pages > self.pages:
+            raise ValueError("selftest_pages must not exceed pages")
+        return self
 
 
 class Timeouts(Strict):
@@ -91,11 +115,15 @@ class Timeouts(Strict):
 class Scenario(Strict):
     name: str = "default"
     seed: int = Field(1, ge=0)
+    # the guest L1's KVM runs: linux (L2 = Debian's kernel + the ledger, realistic, pressure finds the pages by
+    # chance) or micro (a VMM of our own stages each window page by page; a verdict in seconds)
+    guest: Literal["linux", "micro"] = "linux"
+    micro: MicroKnobs = MicroKnobs()
     l1: L1Knobs = L1Knobs()
     l2_memory_mb: int = Field(256, ge=64)
     l2_cpus: int = Field(1, ge=1, le=8)
     memory_max_mb: int = Field(16, ge=8)
-    memory_backend: Literal["anon", "memfd", "file"] = "anon"
+    memory_backend: Literal["anon", "memfd", "file", "thp"] = "anon"  # thp: guest micro only
     # L2's kernel gets its own NUMA node of this size, outside memory.max (see guest-images/l1/start-l2.sh);
     # the ledger binds to the other node.  0: one node, L2's kernel shares the pressure (and a broken L1's
     # lost writes kill L2 before the ledger can name a page).
@@ -123,6 +151,9 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _fit(self):
+        if self.memory_backend == "thp" and self.guest != "micro":
+            raise ValueError("memory_backend thp is the micro-guest's (guest: micro); L2's RAM is anon, memfd or "
+                             "file, with the thp knob")
         if self.l2_kernel_node_mb:
             if self.l2_kernel_node_mb < 96:
                 raise ValueError("l2_kernel_node_mb must be 0 (one node) or at least 96 (L2's kernel lives there)")
@@ -146,6 +177,11 @@ class Scenario(Strict):
     @property
     def ledger_pages(self) -> int:
         return self.ledger.size_mb * 256
+
+    @property
+    def workload_rounds(self) -> int:
+        """The rounds the guest's workload reports (progress)."""
+        return self.micro.rounds if self.guest == "micro" else self.ledger.rounds
 
 
 def parse_scenario(text: str, source: str = "<scenario>", overrides: list[str] | None = None) -> Scenario:

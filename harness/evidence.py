@@ -70,6 +70,9 @@ class CaseEvidence(BaseModel):
     """Everything a case recorded that the judge needs, and nothing it decided."""
     schema_version: int = EVIDENCE_SCHEMA
     case: str = "default"
+    # the guest L1's KVM ran (scenario `guest`): "linux" (L2 + ledger) or "micro" (the micro-guest VMM; its
+    # facts go in `l2` too: it is L1's guest, its "QEMU rc" the VMM's exit status)
+    guest: Literal["linux", "micro"] = "linux"
     accel_mode: str | None = None
     # what the scenario asked for that changes how the facts read
     l2_fault: str = "none"  # an injected L2 panic is meant to crash: never retried

@@ -1,6 +1,7 @@
-"""L1 initramfs: busybox, dropbear (host key made at build and pinned by L0), qemu-system-x86_64 with its
-libraries and firmware, the kernel's own modules (kvm, kvm_amd/kvm_intel, zram, virtio) and the L2 kernel +
-initramfs.  Cached by a hash of every input; unchanged inputs rebuild nothing."""
+"""L1 initramfs: busybox, dropbear (host key made at build and pinned by L0), the kernel's own modules (kvm,
+kvm_amd/kvm_intel, zram, virtio) and the guest L1 runs: for the Linux L2, qemu-system-x86_64 with its libraries
+and firmware and the L2 kernel + initramfs; for the micro-guest, only the static microvm binary (no QEMU, no L2:
+a much smaller image, docs/microguest.md).  Cached by a hash of every input; unchanged inputs rebuild nothing."""
 from __future__ import annotations
 
 import json
@@ -85,12 +86,21 @@ def _firmware(name: str) -> Path:
     raise InfraError(f"QEMU firmware {name} not found (apt-get install qemu-system-x86 seabios)")
 
 
-def build_l1_image(kernel_dir: Path, release: str, l2: L2Image, l2_kernel: Path) -> L1Image:
+def build_l1_image(kernel_dir: Path, release: str, l2: L2Image | None, l2_kernel: Path | None,
+                   microvm: Path | None = None) -> L1Image:
+    """L1's image with the Linux L2 (`l2` and `l2_kernel`, and QEMU to run it) or with the micro-guest VMM
+    (`microvm`, l2 None)."""
+    if (l2 is None) == (microvm is None):
+        raise ValueError("an L1 image carries either the Linux L2 or the micro-guest")
     scripts = sorted(p for p in (GUEST / "l1").iterdir() if p.is_file())
     kernel_id = (kernel_dir / "meta.json").read_text() if (kernel_dir / "meta.json").exists() else ""
-    inputs = ["l1-v1", release, kernel_id, sha256_file(kernel_dir / "bzImage"), l2.key,
-              sha256_file(l2_kernel), QEMU, Path("/usr/sbin/dropbear"), Path("/bin/busybox"), *scripts,
-              ",".join(L1_MODULES)]
+    if l2 is not None and l2_kernel is not None:
+        inputs = ["l1-v1", release, kernel_id, sha256_file(kernel_dir / "bzImage"), l2.key,
+                  sha256_file(l2_kernel), QEMU, Path("/usr/sbin/dropbear"), Path("/bin/busybox"), *scripts,
+                  ",".join(L1_MODULES)]
+    else:
+        inputs = ["l1-micro-v1", release, kernel_id, sha256_file(kernel_dir / "bzImage"), microvm,
+                  Path("/usr/sbin/dropbear"), Path("/bin/busybox"), *scripts, ",".join(L1_MODULES)]
     key = inputs_hash(inputs)
     out_dir = cache_dir() / "images" / f"l1-{key}"
     if (out_dir / "manifest.json").exists():
@@ -111,7 +121,7 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image, l2_kernel: Path)
                 copy_into(root, s, f"harness/{s.name}", 0o755)
         modules = _install_modules(root, kernel_dir / "modules", release)
         # SSH: dropbear with a host key made here and pinned by L0.
-        for b in (Path("/usr/sbin/dropbear"), QEMU):
+        for b in (Path("/usr/sbin/dropbear"), QEMU) if l2 is not None else (Path("/usr/sbin/dropbear"),):
             copy_into(root, b, mode=0o755)
             for lib in ldd_libs(b):
                 copy_into(root, lib)
@@ -124,13 +134,18 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image, l2_kernel: Path)
         (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         (root / "etc/group").write_text("root:x:0:\n")
         (root / "etc/shells").write_text("/bin/sh\n")
-        for fw in FIRMWARE:
-            copy_into(root, _firmware(fw), f"usr/share/qemu/{fw}")
-        copy_into(root, l2_kernel, "l2/bzImage")
-        copy_into(root, l2.initramfs, "l2/initramfs.cpio")
+        if l2 is not None and l2_kernel is not None:
+            for fw in FIRMWARE:
+                copy_into(root, _firmware(fw), f"usr/share/qemu/{fw}")
+            copy_into(root, l2_kernel, "l2/bzImage")
+            copy_into(root, l2.initramfs, "l2/initramfs.cpio")
+            guest = {"guest": "linux", "l2_key": l2.key, "qemu": _run([str(QEMU), "--version"]).splitlines()[0]}
+        else:
+            copy_into(root, microvm, "harness/microvm", 0o755)
+            guest = {"guest": "micro", "microvm": microvm.name}
         pack(root, art / "initramfs.cpio")
-        manifest = {"key": key, "release": release, "host_key_pub": pub, "modules": modules,
-                    "l2_key": l2.key, "qemu": _run([str(QEMU), "--version"]).splitlines()[0]}
+        manifest = {"key": key, "release": release, "host_key_pub": pub, "modules": modules, **guest,
+                    "bytes": (art / "initramfs.cpio").stat().st_size}
         (art / "manifest.json").write_text(json.dumps(manifest, indent=2))
         try:
             art.rename(out_dir)

@@ -12,6 +12,10 @@ Rules, in the order they apply:
 5. L1's taint, the trace oracle's findings, facts that could not be collected (an oracle that cannot run is
    an infra finding, never a silent pass);
 6. sensitivity: a pass counts only when L2's memory really went through swap.
+
+The micro-guest (evidence.guest "micro") is judged by the same rules on its own files: its ledger lines come
+from microvm's stdout (micro-out.log), rule 4 reads the VMM's exit status, a page missing from KVM's dirty log
+is a finding, and its sensitivity is the choreography's host steps (pages out and back in, L1's pswpout).
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.evidence import CaseEvidence, Finding, Judgement, infra
+from harness.guest.contract import MICRO_RC_INFRA, MICRO_RC_USAGE
 from harness.oracles import ledger as ledger_oracle
+from harness.oracles import micro as micro_oracle
 
 JUDGE_VERSION = "2"  # 2: a vacuous trace rule is not a pass
 SIGKILL_RC = 128 + 9
@@ -37,10 +43,13 @@ class CaseLogs:
     l2_console: str = ""
     l2_result: str = ""  # the lossless result channel (virtio-serial), when the run had one
     l2_qemu: str = ""
+    micro_out: str = ""  # the micro-guest VMM's stdout (ledger and choreography lines)
+    micro_err: str = ""  # its stderr (`microvm: ...` on a usage or infrastructure failure)
 
 
 LOG_FILES = {"l1_console": "l1-console.log", "l1_dmesg": "l1-dmesg.log", "l2_console": "l2-console.log",
-             "l2_result": "l2-result.log", "l2_qemu": "l2-qemu.log"}
+             "l2_result": "l2-result.log", "l2_qemu": "l2-qemu.log", "micro_out": "micro-out.log",
+             "micro_err": "micro-err.log"}
 
 
 def load_logs(case_dir: Path) -> CaseLogs:
@@ -51,7 +60,10 @@ def load_logs(case_dir: Path) -> CaseLogs:
 
 
 def ledger_stream(ev: CaseEvidence, logs: CaseLogs) -> str:
-    """The result channel when it carried the ledger; the console otherwise (runs from before the channel)."""
+    """The result channel when it carried the ledger; the console otherwise (runs from before the channel).
+    The micro-guest's is its stdout."""
+    if ev.guest == "micro":
+        return logs.micro_out
     if ev.l2.result_channel and ledger_oracle.PREFIX in logs.l2_result:
         return logs.l2_result
     return logs.l2_console
@@ -131,6 +143,39 @@ def l2_end_finding(ev: CaseEvidence, logs: CaseLogs, res, l2_crashed: bool, oom:
                    title=f"L2 ended before the ledger finished (QEMU exit {rc}, {rounds})"), False
 
 
+def micro_end_finding(ev: CaseEvidence, logs: CaseLogs, res, already_explained: bool) -> Finding | None:
+    """How the micro-guest VMM ended, when that is not a finished run (exit 0 or 1 after its done line)."""
+    rc = ev.l2.qemu_rc
+    said = (logs.micro_err.strip().splitlines() or [""])[-1][:300]
+    if ev.l2.stopped_early or already_explained:
+        return None
+    if rc == MICRO_RC_USAGE:
+        return infra("L1", "micro-usage", f"the micro-guest VMM rejected its arguments: {said or 'exit 2'}")
+    if rc == MICRO_RC_INFRA:
+        return infra("L1", "micro-infra", f"the micro-guest VMM failed on the host side: {said or 'exit 3'}")
+    if res.done and rc in (0, 1):
+        return None
+    rounds = f"{res.rounds_done}/{res.rounds} rounds"
+    if not ev.l2.booted:
+        return infra("L1", "no-start", f"the micro-guest VMM never started (exit {rc}): {said}")
+    if rc == SIGKILL_RC:
+        return infra("L1", "micro-killed", f"the micro-guest VMM was killed (SIGKILL) in L1 after {rounds}")
+    # a VMM that crashes is evidence: its own memory goes through the same swap as the guest's
+    return Finding(oracle="console", layer="L2", kind="died",
+                   title=f"the micro-guest VMM ended (exit {rc}) before it finished ({rounds}){': ' + said if said else ''}")
+
+
+def micro_sensitivity_finding(ev: CaseEvidence, mlog: micro_oracle.MicroLog, pages: int) -> Finding | None:
+    """A micro pass counts only if the choreography's host steps really happened: pages paged out and back in
+    (the VMM's counters, from pagemap) and L1's pswpout (at least thresholds.micro_min_pswpout, capped at the
+    guest's page count)."""
+    weak = micro_oracle.host_steps_weak(mlog, ev.l1.vmstat_delta.get("pswpout", 0), min(ev.min_pswpout, pages))
+    if not weak:
+        return None
+    return infra("L1", "host-steps-missing", "the choreography's host steps did not happen, so this run could not "
+                 "have caught a lost write: " + ", ".join(weak))
+
+
 def sensitivity_finding(ev: CaseEvidence, dma_pages: int | None = None) -> Finding | None:
     """A pass counts only if L2's memory really went through swap and the exposed path ran (with ledger.dma_frac:
     L1's QEMU really read guest pages for L2's disk writes)."""
@@ -184,12 +229,19 @@ def judge(ev: CaseEvidence, logs: CaseLogs) -> Judgement:
         findings += [infra("L2", "selftest-failed", p) for p in ledger_oracle.check_selftest(res)]
     if ev.error:
         findings.append(ev.error)
+    micro = ev.guest == "micro"
+    mlog = micro_oracle.parse_output(logs.micro_out) if micro else None
+    if mlog:
+        findings += [Finding(**f) for f in micro_oracle.dirtylog_findings(mlog)]
     findings += monitor_findings(ev)
     consoles = console_findings(logs)
     l2_crashed = any(f.layer == "L2" and f.real for f in consoles)
     oom = l2_ended_by_oom(logs.l2_console, ev.l1.memory_events)
-    end, tail_lost = l2_end_finding(ev, logs, res, l2_crashed, oom,
-                                    already_explained=bool(ev.error or ev.monitor))
+    if micro:
+        end, tail_lost = micro_end_finding(ev, logs, res, already_explained=bool(ev.error or ev.monitor)), False
+    else:
+        end, tail_lost = l2_end_finding(ev, logs, res, l2_crashed, oom,
+                                        already_explained=bool(ev.error or ev.monitor))
     findings += [end] if end else []
     t = ev.l1
     if t.taint_before is not None and t.taint_after is not None and t.taint_after != t.taint_before:
@@ -202,7 +254,8 @@ def judge(ev: CaseEvidence, logs: CaseLogs) -> Judgement:
     if first is None and not res.done and not oom and any(f.real for f in findings):
         first = ev.l2.ended_at_s  # L2 died or hung: its end is the first finding
     if res.done and not findings:
-        weak = [sensitivity_finding(ev, res.dma_pages), vacuous_rule_finding(ev.trace)]
+        weak = [micro_sensitivity_finding(ev, mlog, res.pages) if mlog else sensitivity_finding(ev, res.dma_pages),
+                vacuous_rule_finding(ev.trace)]
         findings += [w for w in weak if w]
     for f in findings:
         if f.real and ev.patch_under_test:
@@ -213,5 +266,8 @@ def judge(ev: CaseEvidence, logs: CaseLogs) -> Judgement:
     ledger = res.totals() | {"first_bad_s": res.first_bad_t}
     if ev.selftest_pages:
         ledger["selftest"] = res.selftest
+    if mlog:
+        ledger["micro"] = {"counters": mlog.counters, "steps": len(mlog.steps),
+                           "dirty_log_missing": mlog.dirty_missing}
     return Judgement(verdict=verdict_of(findings), findings=findings, first_finding_s=first, ledger=ledger,
                      retry=retry, judge_version=JUDGE_VERSION)

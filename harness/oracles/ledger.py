@@ -1,10 +1,15 @@
-"""Ledger oracle: parse the ledger's machine-readable lines from L2's console and judge them (pure)."""
+"""Ledger oracle: parse the ledger's machine-readable lines (the Linux L2's ledger or the micro-guest VMM: the
+same schema, harness.guest.contract) and judge them (pure)."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 
-PREFIX = "@@LEDGER "
+from harness.guest.contract import LEDGER_PREFIX
+
+PREFIX = LEDGER_PREFIX
+# a bad page's fields a finding keeps (the micro-guest adds the choreography, its step and the page's L1 pfn)
+EXAMPLE_KEYS = ("index", "gfn", "expected", "found", "round", "chor", "step", "pfn")
 
 
 @dataclass
@@ -93,7 +98,7 @@ def findings(res: LedgerResult) -> list[dict]:
                        ("corrupt", "corrupt page (bad CRC, wrong index or impossible generation)")):
         n = getattr(res, cls)
         if n:
-            examples = [{k: b[k] for k in ("index", "gfn", "expected", "found", "round") if k in b}
+            examples = [{k: b[k] for k in EXAMPLE_KEYS if k in b}
                         for b in res.bad if b["class"] == cls][:20]
             out.append({"oracle": "ledger", "layer": "L2", "kind": cls, "title": f"{n} {title}",
                         "count": n, "first_t": res.first_bad_t, "pages": examples})

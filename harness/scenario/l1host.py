@@ -1,5 +1,6 @@
 """The L1 driver: knobs → L1 setup, L2 launch in a memory-limited cgroup, the seeded reclaim schedule, and the
-collection of L2's console, vmstat samples and end-of-run state.  Every L1 command goes over SSH."""
+collection of the guest's output (L2's console, or the micro-guest VMM's stdout: the files of the guest contract,
+harness.guest.contract.GuestFiles), vmstat samples and end-of-run state.  Every L1 command goes over SSH."""
 from __future__ import annotations
 
 import random
@@ -13,6 +14,7 @@ from typing import Callable
 from harness.config import Scenario
 from harness.errors import InfraError
 from harness.evidence import MonitorEvent
+from harness.guest.contract import LINUX_L2_FILES, GuestFiles
 from harness.oracles import ledger as ledger_oracle
 from harness.vm.ssh import L1Shell
 
@@ -98,7 +100,6 @@ def reclaim_schedule(seed: int) -> random.Random:
 _KILL_COMM = "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = {comm} ] && kill -9 ${{p#/proc/}}; done; true"
 INJECT_CMDS = {"kill-l2-qemu": _KILL_COMM.format(comm="qemu-system-x86"),
                "kill-l1-sshd": f"(sleep 0.2; {_KILL_COMM.format(comm='dropbear')}) >/dev/null 2>&1 &"}
-_L2_INIT = b"HARNESS-L2: init"
 _RC_RE = re.compile(r"^-?\d+$")
 
 
@@ -117,6 +118,9 @@ class Monitor:
     on_l2_up: Callable[[], None] | None = None  # called once, when L2's init announces itself
     l1_state: Callable[[], str | None] = lambda: None  # why L1's QEMU cannot answer (stopped, gone), or None
     on_sample: Callable[[float, dict], None] = lambda t, st: None  # each vmstat sample (live progress)
+    files: GuestFiles = LINUX_L2_FILES  # where the guest's output, exit status and cgroup are in L1
+    settle_s: float = 3.0  # after the ledger's done line, quiet for this long before the exit status is read
+    sample_s: float = 5.0  # the vmstat heartbeat's period
     ledger: ledger_oracle.LedgerResult = field(default_factory=ledger_oracle.LedgerResult)
     events: list[MonitorEvent] = field(default_factory=list)
     l2_boot_s: float | None = None
@@ -137,7 +141,7 @@ class Monitor:
         self._last_line = self._last_vmstat = time.monotonic()
         self._last_vmstat = 0.0
         with open(self.console_path, "ab") as con, open(self.vmstat_path, "a") as vm:
-            stream = self.sh.stream("tail -n +1 -F /run/l2-console.log 2>/dev/null", sink=con)
+            stream = self.sh.stream(f"tail -n +1 -F {self.files.stream} 2>/dev/null", sink=con)
             vm.write("t," + ",".join(CSV_KEYS) + "\n")
             while not self._step(stream, vm):
                 pass
@@ -156,8 +160,11 @@ class Monitor:
     def _step(self, stream, vm) -> bool:
         """One poll (L2's console lines for up to 50 ms, then the schedule); True when following L2 is over."""
         now = time.monotonic()
+        ended = False
         for raw in stream.lines(deadline=now + 0.05):
-            self._on_line(raw, now)
+            ended |= self._on_line(raw, now)
+        if ended and self._ended(now):
+            return True
         s = self.scenario
         if s.stop_on_first_finding and self.first_bad_wall is not None and now - self.first_bad_wall > 2:
             self.stopped_early = True  # a moment to collect the burst's other pages, then stop
@@ -165,7 +172,7 @@ class Monitor:
         if self._pending_reclaim and now >= self._pending_reclaim[0]:
             self._reclaim(now)
             return False
-        if now - self._last_vmstat >= 5:
+        if now - self._last_vmstat >= self.sample_s:
             self._last_vmstat = now
             if self._sample(now, vm):
                 return True
@@ -175,15 +182,18 @@ class Monitor:
             raise InfraError("SSH stream of L2's console ended unexpectedly")
         return False
 
-    def _on_line(self, raw: bytes, now: float) -> None:
-        if self.l2_boot_s is None and _L2_INIT in raw:
-            self.l2_boot_s = now - self._t_l2  # L2's kernel is up and runs our init
+    def _on_line(self, raw: bytes, now: float) -> bool:
+        """Fold one line of the guest's output; True when it says the guest has ended."""
+        if self.l2_boot_s is None and self.files.up_marker in raw:
+            self.l2_boot_s = now - self._t_l2  # L2's kernel is up and runs our init (micro: the VMM starts)
             if self.on_l2_up:
                 self.on_l2_up()
             self._last_line = time.monotonic()
+        if self.files.exit_marker is not None and self.files.exit_marker in raw:
+            return True
         ev = ledger_oracle.parse_line(raw.decode(errors="replace"))
         if not ev:
-            return
+            return False
         self._last_line = now
         ledger_oracle.feed(self.ledger, ev)
         if ev["ev"] == "bad" and self.first_bad_wall is None:
@@ -196,12 +206,21 @@ class Monitor:
         if ev["ev"] == "round" and s.inject != "none" and not self.injected and ev["round"] >= s.inject_round:
             self.injected = True
             self.sh.run(INJECT_CMDS[s.inject], timeout=self.cmd_timeout(), check=False)
+        return False
+
+    def _ended(self, now: float) -> bool:
+        """The guest said it ended: read its exit status now (no need to wait for the heartbeat)."""
+        rc = self._l2_rc()
+        if rc is None:
+            return False
+        self.l2_end_wall, self.l2_rc = now, rc
+        return True
 
     def _reclaim(self, now: float) -> None:
         self._pending_reclaim.pop(0)
         mb = self._rng.randint(self.scenario.reclaim.min_mb, self.scenario.reclaim.max_mb)
         t0 = time.monotonic()
-        out = self.sh.run(f"echo {mb}M > /sys/fs/cgroup/l2/memory.reclaim 2>&1; echo rc=$?",
+        out = self.sh.run(f"echo {mb}M > {self.files.cgroup}/memory.reclaim 2>&1; echo rc=$?",
                           timeout=self.cmd_timeout(), check=False)
         self.reclaim_log.append({"t": round(now - self._t_l2, 2), "mb": mb, "s": round(time.monotonic() - t0, 2),
                                  "out": out.strip()[-80:]})
@@ -209,7 +228,7 @@ class Monitor:
     def _sample(self, now: float, vm) -> bool:
         """The heartbeat: vmstat and swap fill, and whether L2's QEMU has ended.  True when it has."""
         st = parse_vmstat(self.sh.run("cat /proc/vmstat; grep -E '^Swap(Total|Free):' /proc/meminfo | tr -d ':kB';"
-                                      " echo memory_current $(cat /sys/fs/cgroup/l2/memory.current)",
+                                      f" echo memory_current $(cat {self.files.cgroup}/memory.current)",
                                       timeout=self.cmd_timeout()))
         if st.get("SwapTotal"):
             self.swap_peak_frac = max(self.swap_peak_frac, round(1 - st.get("SwapFree", 0) / st["SwapTotal"], 3))
@@ -223,12 +242,12 @@ class Monitor:
         return True
 
     def _l2_rc(self) -> int | None:
-        rc = self.sh.run("cat /run/l2.rc 2>/dev/null", timeout=self.cmd_timeout(), check=False).strip()
+        rc = self.sh.run(f"cat {self.files.rc} 2>/dev/null", timeout=self.cmd_timeout(), check=False).strip()
         return (int(rc) if _RC_RE.match(rc) else -1) if rc else None
 
     def _check_end(self, now: float) -> bool:
         t = self.scenario.timeouts
-        if self.ledger.done and now - self._last_line > 3:
+        if self.ledger.done and now - self._last_line > self.settle_s:
             # the ledger finished; L2 is powering off: give it a moment, then stop following
             rc = self._l2_rc()
             if rc is not None or now - self._last_line > 30:

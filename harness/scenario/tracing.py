@@ -15,6 +15,7 @@ import time
 import zlib
 from pathlib import Path
 
+from harness.guest.contract import linux_l2_gfn_range
 from harness.oracles import trace as oracle
 from harness.oracles.trace_spte import layout_for_kernel
 
@@ -56,7 +57,12 @@ def choose_ruleset(requested: str, release: str | None, symbols: set[str], patch
 
 
 class TraceCapture:
-    def __init__(self, sh, scenario, case_dir, run):
+    def __init__(self, sh, scenario, case_dir, run, gfn_range: tuple[int, int] | None = None,
+                 armed_at: str = "l2-init"):
+        """`gfn_range`: [first, limit) of the guest's data pages (the guest contract); None: the Linux L2's.
+        `armed_at`: when the capture is armed (run.json trace.armed_at: the plots place the trace by it)."""
+        self.gfn_range = gfn_range or linux_l2_gfn_range(scenario.l2_memory_mb, scenario.l2_kernel_node_mb)
+        self.armed_at = armed_at
         self.sh = sh
         self.s = scenario
         self.case_dir = Path(case_dir)
@@ -81,11 +87,7 @@ class TraceCapture:
     # -- L1 side -----------------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.s
-        if s.l2_kernel_node_mb:
-            # only the data DIMM (the ledger's pages), which QEMU's pc machine places at 4 GiB
-            gfn_min, gfn_limit = 0x100000, 0x100000 + ((s.l2_memory_mb - s.l2_kernel_node_mb) << 8)
-        else:
-            gfn_min, gfn_limit = 0, (s.l2_memory_mb << 8) + 0x100  # L2's RAM (all below 4 GiB) plus slack
+        gfn_min, gfn_limit = self.gfn_range  # only the guest's data pages (harness.guest.contract)
         ncpus = max(1, s.l1.cpus)
         patches = self.run.get("kernel", {}).get("patches") or []
         series = carries_create_time_series(patches)
@@ -93,7 +95,7 @@ class TraceCapture:
         pre_ruleset, _ = choose_ruleset(s.trace.rules, self.run.get("kernel", {}).get("release"), set(), series)
         env = (f"GFN_MIN={gfn_min:#x} GFN_LIMIT={gfn_limit:#x} BUF_KB={max(2048, 16384 // ncpus)} PAGE_FREE=1 "
                f"RULESET={pre_ruleset}")
-        tr = self.run["trace"] = {"enabled": True, "armed_at": "l2-init", "ruleset": None, "events": 0,
+        tr = self.run["trace"] = {"enabled": True, "armed_at": self.armed_at, "ruleset": None, "events": 0,
                                   "lost_events": None, "rules": {}}
         try:
             out = self.sh.run(f"{env} /harness/trace-start.sh", timeout=120)

@@ -1,0 +1,83 @@
+"""The micro-guest's own oracle lines (pure): the `@@MICRO` choreography log (steps, the dirty-log check, the
+VMM's counters) parsed from microvm's stdout, the dirty-log finding, and the sensitivity gate's facts (did the
+choreography's host steps really happen: pages paged out and back in).  The `@@LEDGER` lines of the same output
+are the ledger oracle's (harness/oracles/ledger.py)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from harness.guest.contract import MICRO_EVENTS, MICRO_PREFIX
+
+
+@dataclass
+class MicroLog:
+    steps: list[dict] = field(default_factory=list)
+    dirtylog: list[dict] = field(default_factory=list)
+    counters: dict | None = None  # the last "counters" line
+    malformed: int = 0  # marked lines that were not valid JSON with the schema's fields
+
+    @property
+    def dirty_missing(self) -> int:
+        return sum(int(d.get("missing", 0) or 0) for d in self.dirtylog)
+
+    def events(self) -> list[dict]:
+        """Every @@MICRO event in order of time (micro-steps.jsonl)."""
+        evs = self.steps + self.dirtylog + ([self.counters] if self.counters else [])
+        return sorted(evs, key=lambda e: e.get("t", 0))
+
+
+def parse_line(line: str) -> dict | None:
+    """One @@MICRO event, or None (no marker, cut JSON, unknown event, a required field missing)."""
+    i = line.find(MICRO_PREFIX)
+    if i < 0:
+        return None
+    try:
+        ev = json.loads(line[i + len(MICRO_PREFIX):].strip())
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(ev, dict) or ev.get("ev") not in MICRO_EVENTS:
+        return None
+    return ev if all(k in ev for k in MICRO_EVENTS[ev["ev"]]) else None
+
+
+def parse_output(text: str) -> MicroLog:
+    log = MicroLog()
+    for line in text.splitlines():
+        if MICRO_PREFIX not in line:
+            continue
+        ev = parse_line(line)
+        if ev is None:
+            log.malformed += 1
+        elif ev["ev"] == "step":
+            log.steps.append(ev)
+        elif ev["ev"] == "dirtylog":
+            log.dirtylog.append(ev)
+        else:
+            log.counters = ev
+    return log
+
+
+def dirtylog_findings(log: MicroLog) -> list[dict]:
+    """A page the guest wrote that KVM_GET_DIRTY_LOG did not report: live migration would lose that write."""
+    bad = [d for d in log.dirtylog if int(d.get("missing", 0) or 0) > 0]
+    if not bad:
+        return []
+    n = log.dirty_missing
+    examples = [{k: d[k] for k in ("chor", "round", "written", "logged", "missing", "first_missing_gfn", "t")
+                 if k in d} for d in bad[:20]]
+    return [{"oracle": "ledger", "layer": "L2", "kind": "dirty-log-missing",
+             "title": f"{n} written pages missing from KVM's dirty log (a migration would lose them)",
+             "count": n, "first_t": bad[0].get("t"), "harvests": examples}]
+
+
+def host_steps_weak(log: MicroLog, pswpout: int, min_pswpout: int) -> list[str]:
+    """Why the choreography's host steps did not (all) happen: [] when pages went out to swap and came back in,
+    counted by the VMM itself (pagemap) and by L1 (vmstat pswpout)."""
+    c = log.counters
+    if c is None:
+        return ["the VMM printed no counters line"]
+    weak = [f"{k}={c.get(k, 0)}" for k in ("pages_out", "pages_in") if int(c.get(k, 0) or 0) <= 0]
+    if pswpout < min_pswpout:
+        weak.append(f"L1 pswpout={pswpout} < {min_pswpout}")
+    return weak
