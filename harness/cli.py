@@ -99,10 +99,8 @@ def _add_scale_commands(sub) -> None:
 
 def reap_descendants() -> None:
     """After an interrupt nothing we started may outlive us: a make of the configure step, a tar, a QEMU."""
-    import psutil
-
-    from harness.vm.qemu import kill_procs
-    kill_procs(psutil.Process().children(recursive=True), wait_s=10)
+    from harness.util import reap_descendants as reap
+    reap(wait_s=10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,22 +127,22 @@ def main(argv: list[str] | None = None) -> int:
             from harness.report.results import cli_report
             return cli_report(args.run_dir)
         if args.cmd == "matrix":
-            from harness.matrix import cli_matrix
+            from harness.fleet.matrix.cli import cli_matrix
             return cli_matrix(args)
         if args.cmd == "merge":
-            from harness.merge import cli_merge
+            from harness.fleet.merge import cli_merge
             return cli_merge(args)
         if args.cmd == "reproduce":
             from harness.report.reproduce import cli_reproduce
             return cli_reproduce(args.run_dir, args.tries)
         if args.cmd == "bisect":
-            from harness.bisect import cli_bisect
+            from harness.fleet.bisect import cli_bisect
             return cli_bisect(args)
         if args.cmd == "lava-job":
-            from harness.lava import cli_lava_job
+            from harness.fleet.lava import cli_lava_job
             return cli_lava_job(args)
         if args.cmd == "remote":
-            from harness.remote import cli_remote
+            from harness.fleet.remote import cli_remote
             return cli_remote(args)
     except HarnessError as e:
         print(f"harness: error: {e}", file=sys.stderr)

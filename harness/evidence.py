@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.util import atomic_write
+
 EVIDENCE_SCHEMA = 1
 Oracle = Literal["ledger", "trace", "console", "infra"]
 
@@ -95,7 +97,6 @@ class CaseEvidence(BaseModel):
     info: dict = Field(default_factory=dict)
 
     def save(self, case_dir: Path) -> None:
-        from harness.report.results import atomic_write
         atomic_write(Path(case_dir) / "evidence.json", self.model_dump_json(indent=1) + "\n")
 
     @classmethod

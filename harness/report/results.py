@@ -15,22 +15,11 @@ from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS, Inpu
 from harness.report.junit import run_junit
 from harness.report.ktap import write_run_ktap
 from harness.report.plots import run_plots
+from harness.util import atomic_write, write_json  # noqa: F401 (callers import them from here too)
 from harness.report.reproduce import cli_reproduce, reproduce_script, reproduce_sh  # noqa: F401 (moved there)
 
 SCHEMA = 1
 VERDICT_EXIT = {"pass": EXIT_PASS, "finding": EXIT_FINDING, "infra-error": EXIT_INFRA, "input-error": EXIT_INPUT}
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 class RunDir:

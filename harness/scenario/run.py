@@ -21,6 +21,7 @@ from harness.evidence import CaseEvidence, Finding, Judgement, infra
 from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
 from harness.oracles import judge as judge_mod
 from harness.paths import REPO, results_root
+from harness.util import change_identity
 from harness.report.results import (VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, reproduce_script,
                                     summary_text, write_json)
 from harness.report.ktap import write_run_ktap as write_ktap
@@ -54,11 +55,8 @@ def resolve_kernel(args) -> dict:
 
 
 def git_rev() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip() or "?"
-    except OSError:
-        return "?"
+    """The harness's short commit, '-dirty' when a tracked file differs from it (run.json's versions.harness_git)."""
+    return change_identity(REPO, short=True)
 
 
 def kernel_identity(meta: dict) -> dict:

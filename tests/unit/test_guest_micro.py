@@ -1,0 +1,190 @@
+"""The guest contract (harness/guest/contract.py), the guest knob (harness/config.py), the micro-guest's
+@@MICRO lines (harness/oracles/micro.py) and how the judge reads a micro-guest run: table tests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.config import parse_scenario
+from harness.errors import InputError
+from harness.evidence import CaseEvidence, L1Facts, L2Facts
+from harness.guest import guest_for
+from harness.guest.contract import (CHOREOGRAPHIES, DATA_GFN_BASE, LINUX_L2_FILES, MICRO_FILES, data_gfn_range,
+                                    linux_l2_gfn_range, parse_list_output)
+from harness.guest.micro import microvm_argv
+from harness.oracles import micro as micro_oracle
+from harness.oracles.judge import CaseLogs, judge
+
+WPRW = "write-pageout-read-write"
+
+
+def L(prefix: str, **ev) -> str:
+    return prefix + json.dumps(ev, separators=(",", ":"))
+
+
+def micro_out(stale: int = 0, pages_out: int = 512, pages_in: int = 512, done: bool = True, missing: int = 0,
+              selftest: int = 0, rounds: int = 2, pages: int = 256) -> str:
+    """A micro-guest run's stdout in the contract's format."""
+    out = ["HARNESS-MICRO: start --pages 256",
+           L("@@LEDGER ", ev="start", pages=pages, rounds=rounds, seed=1, batch=256, selftest=selftest,
+             guest="micro", backend="anon", vcpus=1, chors=[WPRW])]
+    for r in range(rounds):
+        out += [L("@@MICRO ", ev="step", chor=WPRW, round=r, step=st, first_gfn=DATA_GFN_BASE, npages=pages,
+                  pfns=[4660 + i for i in range(8)], swapped=pages if st == "pageout" else 0, t=0.01 * (r + 1))
+                for st in ("guest-write", "pageout", "guest-read", "guest-write", "pageout", "guest-verify")]
+        if missing:
+            out.append(L("@@MICRO ", ev="dirtylog", chor="dirty-log", round=r, written=pages, logged=pages - missing,
+                         missing=missing, first_missing_gfn=DATA_GFN_BASE + 3, t=0.02 * (r + 1)))
+        out.append(L("@@LEDGER ", ev="round", round=r, written=pages, bad=stale if r == 0 else 0, t=0.03 * (r + 1)))
+    out += [L("@@LEDGER ", ev="bad", **{"class": "stale"}, round=0, index=i, gfn=DATA_GFN_BASE + i, expected=2,
+              found=1, hdr_gfn=DATA_GFN_BASE + i, t=0.011, chor=WPRW, step="verify-after-pageout", pfn=4660 + i)
+            for i in range(stale)]
+    if selftest:
+        out.append(L("@@LEDGER ", ev="selftest", stale=selftest, zero=0, corrupt=0))
+    if done:
+        out.append(L("@@MICRO ", ev="counters", pageouts=2 * rounds, pages_out=pages_out, pages_in=pages_in,
+                     guest_faults=-1, dirty_log_missing=missing * rounds, t=0.1))
+        out.append(L("@@LEDGER ", ev="done", pages=pages, rounds=rounds, verified=pages * rounds * 2, trail_verified=0,
+                     stale=stale, zero=0, corrupt=0, t=0.1))
+        out.append(f"HARNESS-MICRO: exit {1 if stale or missing else 0}")
+    return "\n".join(out) + "\n"
+
+
+# -- the contract --------------------------------------------------------------------------------------------
+def test_data_region_is_the_linux_l2_dimm_range():
+    assert data_gfn_range(256) == (0x100000, 0x100100)
+    # the default scenario: a 256 MiB L2 with a 128 MiB kernel node: the 128 MiB DIMM at 4 GiB
+    assert linux_l2_gfn_range(256, 128) == (0x100000, 0x100000 + 128 * 256)
+    assert linux_l2_gfn_range(256, 0) == (0, 256 * 256 + 0x100)
+
+
+def test_guest_files_do_not_collide():
+    assert LINUX_L2_FILES.rc != MICRO_FILES.rc and LINUX_L2_FILES.stream_local != MICRO_FILES.stream_local
+    assert MICRO_FILES.exit_marker and LINUX_L2_FILES.exit_marker is None
+
+
+def test_list_output_parses():
+    assert parse_list_output(f"{WPRW}\tthe RFC race\ndirty-log\tlog\n\n") == {WPRW: "the RFC race", "dirty-log": "log"}
+
+
+# -- the scenario knob ---------------------------------------------------------------------------------------
+def test_default_guest_is_linux_and_micro_knobs_validate():
+    assert parse_scenario("").guest == "linux"
+    s = parse_scenario("guest: micro\nmicro: {choreographies: [write-pageout-read-write, dirty-log], pages: 512}")
+    assert s.guest == "micro" and s.micro.choreographies == [WPRW, "dirty-log"] and s.workload_rounds == 4
+
+
+@pytest.mark.parametrize("text,overrides,needle", [
+    ("guest: micro\nmicro: {choreographies: [write-read]}", [], "unknown choreography 'write-read' (valid: "),
+    ("guest: micro", ["micro.choreographies=[nope]"], "unknown choreography 'nope'"),
+    ("guest: micro", ["micro.batch=0"], "micro.batch"),
+    ("guest: micro", ["micro.choreographies=[]"], "micro.choreographies"),
+    ("", ["guest=vmware"], "guest"),
+    ("", ["memory_backend=thp"], "memory_backend thp is the micro-guest's"),
+    ("guest: micro", ["micro.selftest_pages=5000"], "selftest_pages must not exceed pages"),
+])
+def test_bad_micro_input_is_one_line(text, overrides, needle):
+    with pytest.raises(InputError) as e:
+        parse_scenario(text, overrides=overrides)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_microvm_argv_follows_the_contract():
+    s = parse_scenario("guest: micro\nseed: 3\nmemory_backend: file\n"
+                       "micro: {choreographies: [write-pageout-read-write, dirty-log], pages: 64, rounds: 2, "
+                       "vcpus: 2, batch: 32, selftest_pages: 4}")
+    assert microvm_argv(s) == ["--pages", "64", "--rounds", "2", "--seed", "3", "--backend", "file", "--chor",
+                               f"{WPRW},dirty-log", "--vcpus", "2", "--batch", "32", "--selftest", "4",
+                               "--file", "/run/microvm.data"]
+    g = guest_for(s)
+    assert g.kind == "micro" and g.trace_gfn_range() == (0x100000, 0x100040)
+    assert g.evidence_knobs()["selftest_pages"] == 4 and g.evidence_knobs()["min_swap_ra_hit"] == 0
+    assert guest_for(parse_scenario("")).kind == "linux"
+
+
+# -- @@MICRO lines -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("line,kind", [
+    ('@@MICRO {"ev":"step","chor":"x","round":0,"step":"pageout","first_gfn":1048576,"npages":8,"t":0.1}', "step"),
+    ('noise @@MICRO {"ev":"counters","pageouts":2,"pages_out":8,"pages_in":8,"t":0.2}', "counters"),
+    ('@@MICRO {"ev":"dirtylog","chor":"dirty-log","round":1,"written":8,"logged":8,"missing":0}', "dirtylog"),
+    ('@@MICRO {"ev":"step","chor":"x","round":0', None),  # cut
+    ('@@MICRO {"ev":"step","chor":"x"}', None),  # fields missing
+    ('@@MICRO {"ev":"weather"}', None),
+    ('@@LEDGER {"ev":"round","round":0}', None),
+])
+def test_micro_line_parsing(line, kind):
+    ev = micro_oracle.parse_line(line)
+    assert (ev or {}).get("ev") == kind
+
+
+def test_parse_output_orders_and_counts():
+    log = micro_oracle.parse_output(micro_out(missing=2) + '@@MICRO {"ev":"step"\n')
+    assert len(log.steps) == 12 and log.dirty_missing == 4 and log.malformed == 1
+    assert log.counters["pages_out"] == 512
+    ts = [e.get("t", 0) for e in log.events()]
+    assert ts == sorted(ts)
+
+
+# -- the judge on micro-guest runs ---------------------------------------------------------------------------
+def micro_ev(**kw) -> CaseEvidence:
+    base = dict(guest="micro", accel_mode="tcg", min_pswpout=64, min_swap_ra_hit=0,
+                patch_under_test="none (unpatched kernel)",
+                l1=L1Facts(taint_before=0, taint_after=0, vmstat_delta={"pswpout": 600, "pswpin": 300}),
+                l2=L2Facts(booted=True, qemu_rc=0, result_channel=True, ended_at_s=9.0))
+    return CaseEvidence(**(base | kw))
+
+
+def rc(n: int) -> L2Facts:
+    return L2Facts(booted=True, qemu_rc=n, result_channel=True, ended_at_s=9.0)
+
+
+MICRO_CASES = {
+    # name: (evidence kwargs, logs, verdict, finding kinds)
+    "clean pass": ({}, CaseLogs(micro_out=micro_out()), "pass", set()),
+    "stale pages": ({"l2": rc(1)}, CaseLogs(micro_out=micro_out(stale=8)), "finding", {"stale"}),
+    "dirty log missed pages": ({"l2": rc(1)}, CaseLogs(micro_out=micro_out(missing=3)), "finding",
+                               {"dirty-log-missing"}),
+    "nothing paged out": ({}, CaseLogs(micro_out=micro_out(pages_out=0)), "infra-error", {"host-steps-missing"}),
+    "nothing came back": ({}, CaseLogs(micro_out=micro_out(pages_in=0)), "infra-error", {"host-steps-missing"}),
+    "L1 swapped nothing": ({"l1": L1Facts(taint_before=0, taint_after=0, vmstat_delta={"pswpout": 3})},
+                           CaseLogs(micro_out=micro_out()), "infra-error", {"host-steps-missing"}),
+    # the Linux L2's thresholds (swap readahead) do not apply to the micro-guest
+    "no readahead is fine": ({"min_swap_ra_hit": 0}, CaseLogs(micro_out=micro_out()), "pass", set()),
+    "usage error": ({"l2": rc(2)}, CaseLogs(micro_out="HARNESS-MICRO: start\nHARNESS-MICRO: exit 2\n",
+                                           micro_err="microvm: --batch 0: must be at least 1\n"),
+                    "infra-error", {"micro-usage"}),
+    "kvm failure": ({"l2": rc(3)}, CaseLogs(micro_out=micro_out(done=False),
+                                           micro_err="microvm: infra: KVM_RUN: exit reason 8\n"),
+                    "infra-error", {"micro-infra"}),
+    "VMM crashed mid-run": ({"l2": rc(139)}, CaseLogs(micro_out=micro_out(done=False)), "finding", {"died"}),
+    "VMM killed": ({"l2": rc(137)}, CaseLogs(micro_out=micro_out(done=False)), "infra-error", {"micro-killed"}),
+    "selftest caught": ({"l2": rc(1), "selftest_pages": 5}, CaseLogs(micro_out=micro_out(stale=5, selftest=5)),
+                        "finding", {"stale"}),
+    "selftest missed": ({"selftest_pages": 5}, CaseLogs(micro_out=micro_out(selftest=5)), "infra-error",
+                        {"selftest-failed"}),
+}
+
+
+@pytest.mark.parametrize("name", MICRO_CASES)
+def test_judge_micro(name):
+    kw, logs, verdict, kinds = MICRO_CASES[name]
+    j = judge(micro_ev(**kw), logs)
+    assert j.verdict == verdict, [f.title for f in j.findings]
+    assert {f.kind for f in j.findings} == kinds
+
+
+def test_micro_finding_names_page_gfn_pfn_and_step():
+    j = judge(micro_ev(l2=rc(1)), CaseLogs(micro_out=micro_out(stale=3)))
+    (f,) = [f for f in j.findings if f.kind == "stale"]
+    page = f.pages[0]
+    assert page["gfn"] == DATA_GFN_BASE and page["pfn"] == 4660 and page["chor"] == WPRW
+    assert page["step"] == "verify-after-pageout" and f.count == 3
+    assert j.ledger["micro"]["counters"]["pages_in"] == 512
+
+
+def test_linux_run_ignores_micro_files():
+    """The Linux L2's judge reads none of the micro-guest's files (a Linux run never has them anyway)."""
+    ev = micro_ev(guest="linux", min_swap_ra_hit=0, min_pswpout=0)
+    j = judge(ev, CaseLogs(micro_out=micro_out(stale=4)))
+    assert "stale" not in {f.kind for f in j.findings}
