@@ -101,7 +101,7 @@ class _Timelines:
         self.vendor = layout.vendor
         self.fates = fates
         self.pfn_gfn: dict[int, int] = {}
-        self.last_unmap: dict[int, bytes] = {}  # pid -> its last notifier range
+        self.last_unmap: dict[int, str] = {}  # pid -> its last notifier range
         self.on = {ft.SPTE_CHANGED: self._spte_changed, ft.SET_SPTE: self._install, ft.SHADOW_ZAP: self._shadow_zap,
                    ft.RECLAIM_CLEAN: self._reclaim_clean, ft.SPTE_REQUESTED: self._fault, ft.DIRTY_PFN: self._dirty,
                    ft.DIRTY_PAGE: self._dirty, ft.WRITE_FOLIO: self._writeback, ft.PAGE_FREE: self._free,
@@ -194,8 +194,8 @@ class _Timelines:
             self.want[self.pfn_gfn.pop(pfn)].append(f"{ev.ts} free pfn {pfn:#x}")
 
     def _unmap(self, ev: Event) -> None:
-        # bytes, so the timeline reads "notifier b'0x...--0x...'" as it always has (a Range always reads)
-        self.last_unmap[ev.pid] = ev.args.text.replace(b" ", b"")
+        # as text ("0x7f..--0x7f.."): a timeline line is for people, never a Python bytes repr (a Range always reads)
+        self.last_unmap[ev.pid] = ev.args.text.replace(b" ", b"").decode("ascii", "replace")
 
     def _age(self, ev: Event) -> None:
         self.last_unmap.pop(ev.pid, None)

@@ -41,8 +41,15 @@ class RunDir:
         return self.final
 
 
-def summary_text(run: dict) -> str:
-    L = []
+TIMELINES_IN_FULL = 3  # lost pages whose trace history summary.txt shows; findings.json has every one recorded
+
+
+def summary_text(run: dict, run_dir: str | Path | None = None) -> str:
+    """summary.txt: the head (harness.report.finding_head: verdict, what was lost, rule, change, next commands),
+    then the details.  `run_dir`: the results folder (default results/<run id>)."""
+    from harness.report.finding_head import head_lines
+    rd = str(run_dir or run.get("path") or f"results/{run['run_id']}")
+    L = head_lines(run, rd) + [""]
     k = run.get("kernel", {})
     L.append(f"run {run['run_id']}: {run['verdict'].upper()}")
     base = k.get("base") or ""
@@ -75,15 +82,21 @@ def summary_text(run: dict) -> str:
     for ev in run.get("infra_events", []):
         L.append(f"infra    {ev}")
     L.append(f"findings {len(run.get('findings', []))}")
+    timelines = [f for f in run.get("findings", []) if f.get("kind") == "ledger-timeline"]
     for f in run.get("findings", []):
+        if f.get("kind") == "ledger-timeline" and timelines.index(f) >= TIMELINES_IN_FULL:
+            continue
         L.append(f"  [{f.get('oracle')}/{f.get('layer')}/{f.get('kind')}] {f.get('title')}")
         for p in f.get("pages", [])[:5]:
             L.append(f"      page index={p.get('index')} gfn={p.get('gfn'):#x} expected gen={p.get('expected')} "
                      f"found gen={p.get('found')}" if isinstance(p.get("gfn"), int) else f"      {p}")
-        for line in f.get("timeline", [])[:12]:
+        for line in f.get("timeline", []):
             L.append(f"      {line}")
         for line in (f.get("excerpt") or "").splitlines()[:8]:
             L.append(f"      | {line}")
+    if len(timelines) > TIMELINES_IN_FULL:
+        L.append(f"  ... and {len(timelines) - TIMELINES_IN_FULL} more lost pages' trace timelines: "
+                 f"{rd}/cases/*/findings.json (kind ledger-timeline)")
     return "\n".join(L) + "\n"
 
 

@@ -39,6 +39,9 @@ def log(msg: str) -> None:
 
 
 def resolve_kernel(args) -> dict:
+    from harness.kernel.tree import developer_kernel
+    if (dev := developer_kernel(args, log)) is not None:      # --tree PATH [--build], --kernel BZIMAGE --modules
+        return load_kernel_dir(dev)
     if getattr(args, "build", None):
         from harness.kernel.build import build_kernel
         path = build_kernel(Path(args.build), upto=args.upto)
@@ -63,10 +66,16 @@ def kernel_identity(meta: dict) -> dict:
     return {"release": meta.get("release"), "source": meta.get("source"), "base": meta.get("base"),
             "package": meta.get("package"), "version": meta.get("version"), "sha256": meta.get("sha256"),
             "patches": meta.get("patches", []), "config_sha256": meta.get("config_sha256"),
-            "dir": meta.get("dir"), "key": meta.get("key")}
+            "dir": meta.get("dir"), "key": meta.get("key"), "kernel_yaml": meta.get("kernel_yaml")}
 
 
 def cli_run(args) -> int:
+    run = run_from_args(args)
+    return VERDICT_EXIT.get(run["verdict"], EXIT_INFRA)
+
+
+def run_from_args(args) -> dict:
+    """`harness run`'s work: returns run.json's content (with "path"); `harness run --json` prints it."""
     scen_path = Path(args.scenario) if args.scenario else REPO / "scenarios/default.yaml"
     overrides = list(args.set)
     if args.seed is not None:
@@ -77,8 +86,10 @@ def cli_run(args) -> int:
     meta = resolve_kernel(args)
     kernel_argv = (["--kernel", str(Path(meta["dir"]).resolve())] if meta.get("source") != "debian-prebuilt" else [])
     root = Path(args.results) if args.results else results_root()
-    run = execute(scenario, meta, root, scen_path.read_text(), kernel_argv, overrides)
-    return VERDICT_EXIT.get(run["verdict"], EXIT_INFRA)
+    # the scenario as the user can type it again (a name of scenarios/, else the path): next commands use it
+    ref = getattr(args, "scenario_ref", None) or str(scen_path)
+    return execute(scenario, meta, root, scen_path.read_text(), kernel_argv, overrides,
+                   extra={"scenario_ref": ref})
 
 
 def check_free_space(root: Path, s: Scenario) -> None:
@@ -117,7 +128,7 @@ class WallClock:
 
 
 def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel_argv: list[str] | None = None,
-            overrides: list[str] | None = None, case: str = "default") -> dict:
+            overrides: list[str] | None = None, case: str = "default", extra: dict | None = None) -> dict:
     """One case, end to end.  Returns run.json's content; the folder is complete unless interrupted."""
     qemu.install_signal_handlers()
     check_free_space(Path(root), s)
@@ -126,7 +137,12 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     cdir = rd.case(case)
     kernel = kernel_identity(meta)
     patches = kernel.get("patches") or []
-    patch = patches[-1].get("subject") if patches else "none (unpatched kernel)"
+    # every patch, in order: a finding names the whole series under test, not only its last patch
+    patch = ("; ".join(f"{i}. {p.get('subject')}" for i, p in enumerate(patches, 1)) if len(patches) > 1
+             else patches[0].get("subject") if patches else "none (unpatched kernel)")
+    if meta.get("change"):                  # a developer's tree: its commits and uncommitted diff, named
+        from harness.kernel.change import change_label
+        patch = change_label(meta["change"])
     progress = RunProgress(rd.run_id, s.ledger.rounds, err)
     progress(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
     verdict, interrupted, infra_events, attempt1_s = None, False, [], None
@@ -154,7 +170,21 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     if attempt1_s is not None:
         ev.info["timings"]["attempt1_s"] = attempt1_s
     run = record(rd.run_id, s, scenario_yaml, overrides, kernel, ev, verdict, infra_events, interrupted, t0)
+    run.update(extra or {})
+    if meta.get("change"):
+        run.update(tree_fields(meta))
+        for f in run["findings"]:
+            f["change"] = {k: v for k, v in run["change"].items() if k != "diff"}
     return write_run(rd, cdir, run, meta, interrupted)
+
+
+def tree_fields(meta: dict) -> dict:
+    """run.json's `tree` (where the kernel came from) and `change` (what is under test), and the change's
+    identity on every finding (without the diff itself: run.json's `change` embeds it once)."""
+    change = meta["change"]
+    tree = {"path": change.get("path"), "repo": change.get("repo"), "source": meta.get("source"),
+            "objtree": (meta.get("objtree") or {}).get("path"), "base_config": meta.get("base_config")}
+    return {"tree": tree, "change": change}
 
 
 def save_evidence(ev: CaseEvidence, cdir: Path) -> None:
@@ -193,7 +223,7 @@ def write_run(rd: RunDir, cdir: Path, run: dict, meta: dict, interrupted: bool) 
         # the one-file reproducer: the kernel's recipe (patches, configs embedded), the scenario, the seed
         atomic_write(rd.path / "reproduce.sh", reproduce_script(run, meta))
         os.chmod(rd.path / "reproduce.sh", 0o755)
-        atomic_write(rd.path / "summary.txt", summary_text(run))
+        atomic_write(rd.path / "summary.txt", summary_text(run, rd.final))
         atomic_write(rd.path / "junit.xml", junit_xml(run))
         write_ktap(run, rd.path / "results.ktap")
         write_json(rd.path / "run.json", run)
@@ -206,7 +236,7 @@ def write_run(rd: RunDir, cdir: Path, run: dict, meta: dict, interrupted: bool) 
     if not interrupted:
         rd.finish()
     run["path"] = str(rd.path)
-    sys.stdout.write(summary_text(run))
+    sys.stdout.write(summary_text(run, rd.path))
     print(f"verdict: {run['verdict']}  results: {rd.path}")
     return run
 

@@ -11,6 +11,7 @@ probes KVM itself before it uses it).
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,28 +132,56 @@ def failures(rows: list[Check]) -> list[str]:
             if c.required and c.ok is False]
 
 
-def cli_doctor(require_kvm: bool = False, probe: bool = True) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
+def cli_doctor(require_kvm: bool = False, probe: bool = True, as_json: bool = False) -> int:
     from harness.kernel.prebuilt import find_existing
     f = read_host()
     k = find_existing() if probe else None
     rows = host_checks(f) + [probe_check(f, k / "bzImage" if k else None, enabled=probe)]
-    t = Table(title="harness doctor (host checks; the boot probe is optional)")
-    for col in ("check", "ok", "value", "to fix"):
-        t.add_column(col, overflow="fold")
-    for c in rows:
-        t.add_row(c.name, "-" if c.ok is None else "yes" if c.ok else "NO" if c.required else "no", c.value,
-                  c.fix if c.ok is False else "")
-    Console().print(t)
-    print("which matrix cells this host skips, and why: harness matrix scenarios/hardware.yaml --list")
     failed = failures(rows)
+    if as_json:
+        json.dump(doctor_json(rows, require_kvm), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    elif sys.stdout.isatty():
+        _print_table(rows)
+    else:
+        sys.stdout.write(plain_text(rows))  # a log or a pipe: one line per check, never wrapped
+    if not as_json:
+        print("which matrix cells this host skips, and why: harness matrix scenarios/hardware.yaml --list")
     if require_kvm and failed:
         for line in failed:
             print(f"harness: doctor --require-kvm: {line}", file=sys.stderr)
         print(f"harness: error: {len(failed)} requirement(s) for nested KVM runs not met", file=sys.stderr)
         return EXIT_INFRA
-    if require_kvm:
+    if require_kvm and not as_json:
         print("doctor --require-kvm: every required check passed")
     return 0
+
+
+def _ok_word(c: Check) -> str:
+    return "-" if c.ok is None else "yes" if c.ok else "NO" if c.required else "no"
+
+
+def plain_text(rows: list[Check]) -> str:
+    """One line per check ("name: ok -- value -- fix: ..."), whatever the width: for logs and pipes."""
+    width = max(len(c.name) for c in rows)
+    return "harness doctor (host checks; the boot probe is optional)\n" + "".join(
+        f"{c.name:{width}}  {_ok_word(c):3}  {c.value}" + (f"  -- fix: {c.fix}" if c.ok is False and c.fix else "")
+        + "\n" for c in rows)
+
+
+def doctor_json(rows: list[Check], require_kvm: bool) -> dict:
+    failed = failures(rows)
+    return {"checks": [{"name": c.name, "ok": c.ok, "value": c.value, "fix": c.fix if c.ok is False else "",
+                        "required": c.required} for c in rows],
+            "failed": failed, "ok": not failed, "require_kvm": require_kvm}
+
+
+def _print_table(rows: list[Check]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title="harness doctor (host checks; the boot probe is optional)")
+    for col in ("check", "ok", "value", "to fix"):
+        t.add_column(col, overflow="fold")
+    for c in rows:
+        t.add_row(c.name, _ok_word(c), c.value, c.fix if c.ok is False else "")
+    Console().print(t)
