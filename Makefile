@@ -52,7 +52,7 @@ nightly: setup-build
 
 ## Performance figures → results/bench-*.json
 bench: setup-build
-	$(PY) -m harness.bench --build
+	$(PY) -m harness.fleet.bench --build
 
 doctor: setup
 	$(HARNESS) doctor

@@ -2,10 +2,10 @@
 """Record real LKDTM consoles as console-oracle fixtures.
 
 Boots each built kernel (kernels/<name>.yaml, from the build cache; --build builds it first) as L1 without
-oops=panic, provokes its crash types (harness.lkdtm.KERNELS) one after the other, and writes, per kernel,
+oops=panic, provokes its crash types (harness.fleet.lkdtm.KERNELS) one after the other, and writes, per kernel,
 tests/fixtures/consoles-lkdtm/<name>/<TYPE>.log (the console from the type's begin marker to its end marker),
 boot.log (the console before the first marker: a real boot, which must hold no report),
-expected.json (file -> the kind and title the oracle must give: harness.lkdtm's table, not the oracle's own answer) and
+expected.json (file -> the kind and title the oracle must give: harness.fleet.lkdtm's table, not the oracle's own answer) and
 recorded.json (release, command line, accelerator, timings, what each writer did).  The whole console and
 QEMU's stderr stay in results/lkdtm/<name>/.  Prints the oracle's verdict per type; exit 1 if any differs.
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import lkdtm  # noqa: E402
+from harness.fleet import lkdtm  # noqa: E402
 from harness.oracles.console import classify  # noqa: E402
 from harness.paths import REPO, results_root  # noqa: E402
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# LKDTM in L1: provoke one crash type and mark it on the kernel log, for harness/lkdtm.py (sent over SSH as the
+# LKDTM in L1: provoke one crash type and mark it on the kernel log, for harness/fleet/lkdtm.py (sent over SSH as the
 # stdin of `sh -s -- ...`; not part of the L1 image).
 #   provoke.sh types        the crash types this kernel offers (one a line)
 #   provoke.sh fire TYPE    "lkdtm-record: begin TYPE" to /dev/kmsg, then TYPE to provoke-crash/DIRECT from a

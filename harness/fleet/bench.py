@@ -19,7 +19,7 @@ from pathlib import Path
 from harness.config import load_scenario
 from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
 from harness.paths import REPO, results_root
-from harness.report.results import write_json
+from harness.util import write_json
 
 
 def bench_pipeline(root: Path) -> dict:
@@ -103,8 +103,9 @@ def host_load() -> dict:
 def prepare_matrix(mpath: Path) -> dict:
     """Build (or take from the cache) every kernel and guest image the matrix boots, before any pass is timed,
     so neither pass pays for them; what --jobs auto would be here."""
-    from harness.matrix import expand, load_matrix, overrides_of, resolve
-    from harness.matrix_jobs import job_count, warm_images
+    from harness.fleet.matrix.expansion import expand, overrides_of, resolve
+    from harness.fleet.matrix.jobs import job_count, warm_images
+    from harness.fleet.matrix.model import load_matrix
     m = load_matrix(mpath)
     cells = expand(m)
     scen = mpath.parent / m.scenario
@@ -136,7 +137,7 @@ def cell_record(c: dict) -> dict:
     runs = [{"seed": r["seed"], "verdict": r["verdict"], "total_s": r.get("total_s"),
              "first_finding_s": r.get("first_finding_s"), "attempts": r.get("attempts", 1),
              **_run_facts(r["run_dir"])} for r in c.get("runs", [])]
-    from harness.matrix import Cell
+    from harness.fleet.matrix.model import Cell
     name = Cell(c["kernel"], c.get("variant") or {}, c["expect"], seed=c.get("seed")).name
     return {"id": c["id"], "name": name, "expect": c["expect"],
             "outcome": c["outcome"], "ok": c["ok"], "retries": c.get("retries", 0), "runs": runs}
@@ -196,7 +197,7 @@ def bench_matrix_jobs(root: Path, matrices: list[Path] | None = None, jobs: tupl
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m harness.bench")
+    ap = argparse.ArgumentParser(prog="python -m harness.fleet.bench")
     ap.add_argument("--only", choices=sorted(STAGES), action="append")
     ap.add_argument("--build", action="store_true",
                     help="also run the slow benchmarks: kernel builds and the matrix --jobs 1 vs 2")

@@ -18,17 +18,25 @@ leave the answer open, 2 on bad input (e.g. a patch that does not apply).
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS, HarnessError, InputError
-from harness.report.results import RunDir, atomic_write, write_json
+from harness.errors import (
+    EXIT_FINDING,
+    EXIT_INFRA,
+    EXIT_INPUT,
+    EXIT_PASS,
+    HarnessError,
+    InputError,
+)
+from harness.report.results import RunDir
+from harness.util import atomic_write, write_json
 
 FINDING, PASS = "finding", "pass"
+SKIP = "skip"           # the step cannot be built (a commit of a git range): not retried, gone around as infra
 BAD, GOOD, INFRA, MORE = "bad", "good", "infra", "more"
 STATUS_EXIT = {"first-bad": EXIT_FINDING, "clean": EXIT_PASS, "base-bad": EXIT_INFRA, "infra": EXIT_INFRA}
 
@@ -43,6 +51,8 @@ def step_state(verdicts: list[str], repeats: int) -> str:
     for v in verdicts:
         if v == FINDING:
             return BAD
+        if v == SKIP:
+            return INFRA
         if v == PASS:
             clean, last_infra = clean + 1, False
             continue
@@ -318,7 +328,3 @@ def cli_bisect(args) -> int:
     print(f"bisect: {doc['status']}  results: {doc['path']}")
     return STATUS_EXIT.get(doc["status"], EXIT_INPUT)
 
-
-if __name__ == "__main__":       # python -m harness.bisect KERNEL.yaml ... (same as `harness bisect`)
-    from harness.cli import main
-    sys.exit(main(["bisect", *sys.argv[1:]]))

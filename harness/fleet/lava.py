@@ -25,6 +25,7 @@ import yaml
 
 from harness.errors import HarnessError, InputError
 from harness.paths import REPO
+from harness.util import UNKNOWN_COMMIT, change_identity, commit_of
 
 PLACEHOLDER = "https://artifacts.example.invalid/kvm-dirty-harness"   # the user fills in the real base URL
 CACHE = "/var/cache/kvm-dirty-harness"                                  # HARNESS_CACHE on the device
@@ -33,7 +34,7 @@ PROMPT = "root@debian:~#"
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """'I/N' as `harness matrix --shard` reads it; None: the whole matrix."""
-    from harness.matrix_shard import parse_shard as matrix_parse_shard
+    from harness.fleet.matrix.shard import parse_shard as matrix_parse_shard
     return None if text is None else matrix_parse_shard(text)
 
 
@@ -70,8 +71,9 @@ def _kernel_ref(ref, base: Path) -> dict:
 
 def shard_plan(matrix_yaml: Path, shard: tuple[int, int] | None) -> tuple[list[str], dict[str, dict]]:
     """The shard's cell ids (as `harness matrix --list` names them) and the kernels those cells boot."""
-    from harness.matrix import expand, load_matrix
-    from harness.matrix_shard import shard_cells
+    from harness.fleet.matrix.expansion import expand
+    from harness.fleet.matrix.model import load_matrix
+    from harness.fleet.matrix.shard import shard_cells
     m = load_matrix(matrix_yaml)
     mine = shard_cells(expand(m), *(shard or (1, 1)))
     used = {c.kernel for c in mine}  # the device skips what it cannot run (requires:), after the fetch
@@ -99,7 +101,7 @@ def steps(matrix: str, shard: tuple[int, int] | None, commit: str, repo: str, ur
         "lava-test-case kvm --shell .venv/bin/harness doctor --require-kvm",
         *[_fetch_step(n, k, url) for n, k in kernels.items() if k.get("key")],
         f"lava-test-case matrix-{tag} --shell .venv/bin/harness matrix {matrix}{shard_arg} --results results/shard",
-        ".venv/bin/python -m harness.lava cases results/shard | sh",
+        ".venv/bin/python -m harness.fleet.lava cases results/shard | sh",
         f"tar -czf results-{tag}.tar.gz -C results shard",
         f"lava-test-case upload-results --shell curl -fsS -T results-{tag}.tar.gz {upload}",
         f"lava-test-reference results-{tag} --result pass --reference {upload}",
@@ -145,7 +147,7 @@ def job(matrix: str, shard: tuple[int, int] | None, commit: str, repo: str, url:
 
 def cases(root: Path) -> list[str]:
     """`lava-test-case` lines for every cell of every matrix folder under root (run on the device)."""
-    from harness.matrix import Cell
+    from harness.fleet.matrix.model import Cell
     out = []
     for mj in sorted(Path(root).glob("*/matrix.json")):
         for c in json.loads(mj.read_text())["cells"]:
@@ -159,10 +161,11 @@ def cases(root: Path) -> list[str]:
 def cli_lava_job(args) -> int:
     mpath = Path(args.matrix_yaml)
     shard = parse_shard(args.shard)
-    commit = _git("rev-parse", "HEAD")
-    if not commit:
+    ident = change_identity(REPO)
+    commit = commit_of(ident)
+    if ident == UNKNOWN_COMMIT:
         raise InputError(f"{REPO} is not a git checkout: the LAVA job checks the harness out by commit")
-    if _git("status", "--porcelain", "--untracked-files=no"):
+    if ident.endswith("-dirty"):
         print(f"harness lava-job: warning: uncommitted changes are not in {commit[:12]}", file=sys.stderr)
     url = (args.artifacts_url or PLACEHOLDER).rstrip("/")
     repo = args.repo or _git("remote", "get-url", "origin") or f"{url}/kvm-dirty-harness.git"

@@ -11,7 +11,6 @@ tests/integration/test_lkdtm.py (the same live).
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import time
@@ -23,6 +22,9 @@ from harness.errors import InfraError
 from harness.paths import REPO
 
 PROVOKE = REPO / "guest-images/lkdtm/provoke.sh"
+# L1 boot budget before the accelerator's scale: the LKDTM kernels are debug builds (kconfigs/lkdtm.config), slower
+# to boot than the scenario default (harness.config.Timeouts.l1_boot_s)
+L1_BOOT_S = 180
 MARK_RE = re.compile(r"lkdtm-record: (begin|end) ([A-Z][A-Z0-9_]*)")
 
 
@@ -151,26 +153,6 @@ def _wait_for(vm, pattern: re.Pattern, since: int, timeout: float) -> bool:
     return False
 
 
-def _boot(spec, workdir: Path, accel, log) -> tuple:
-    """Start L1's QEMU and wait for its init; once more on the QEMU TCG int3 boot flake (as harness run does)."""
-    from harness.scenario.case import TCG_BOOT_FLAKE
-    from harness.vm import qemu
-    for attempt in (1, 2):
-        vm = qemu.QemuVM(spec, workdir)
-        vm.start()
-        try:
-            return vm, vm.wait_console("HARNESS-L1: ready", 180 * accel.timeout_scale, fail_markers=("Kernel panic",))
-        except InfraError:
-            text = vm.console_text()
-            vm.kill()
-            if attempt == 1 and accel.mode == "tcg" and all(m in text for m in TCG_BOOT_FLAKE):
-                log("L1 boot hit the QEMU TCG int3 flake; retrying once")
-                os.replace(vm.console, workdir / "l1-console.attempt1.log")
-                continue
-            raise
-    raise AssertionError("unreachable")
-
-
 def _provoke(sh, vm, ct: CrashType, scale: float, last: bool, log) -> str:
     """Fire one type and wait until its report is whole on the console and the end marker follows it; the
     writer's fate (provoke.sh's writer=... line)."""
@@ -203,6 +185,7 @@ def record(kdir: Path, workdir: Path, types: tuple[CrashType, ...] = CRASH_TYPES
     from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
     from harness.vm import qemu
     from harness.vm.accel import choose_accel
+    from harness.vm.l1boot import boot_l1
     from harness.vm.ssh import L1Shell, key_cmdline_arg, make_run_key
 
     meta = load_kernel_dir(kdir)
@@ -217,7 +200,7 @@ def record(kdir: Path, workdir: Path, types: tuple[CrashType, ...] = CRASH_TYPES
     cmdline = " ".join(w for w in (CMDLINE, extra_cmdline, key_cmdline_arg(key)) if w)
     spec = qemu.VMSpec(kdir / "bzImage", l1img.initramfs, cmdline, accel.qemu_args, 1024, cpus)
     t0 = time.monotonic()
-    vm, boot_s = _boot(spec, workdir, accel, log)
+    vm, boot_s = boot_l1(spec, workdir, accel, L1_BOOT_S * scale, on_retry=log)
     rec = Recording(meta["release"], cmdline.split(" harness.key=")[0], accel.mode, "")
     rec.timings.update(images_s=images_s, boot_s=round(boot_s, 2))
     sh = L1Shell(vm.ssh_port, key, l1img.host_key_pub, default_timeout=60 * scale)

@@ -1,7 +1,7 @@
 """`harness merge DIR... [--results R]`: the shard folders of one matrix → one matrix folder, as if unsharded.
 
 matrix.json (the same cells, in the matrix's order), summary.txt, junit.xml, heat map, mutation score and false
-positives come from harness.matrix's own writers.  Each shard's runs/<cell id>/ is hard-linked (copied across
+positives come from harness.fleet.matrix's own writers.  Each shard's runs/<cell id>/ is hard-linked (copied across
 file systems) into the merged folder, so it stands alone like an unsharded one.  A wrong join is refused with
 one line (exit 2): shards of different matrices or harness commits, split differently, overlapping or missing.
 """
@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 from harness.errors import EXIT_FINDING, EXIT_PASS, InputError
-from harness.matrix import Cell, Matrix, expand, write_outputs
-from harness.matrix_shard import shard_ids
+from harness.fleet.matrix.expansion import expand
+from harness.fleet.matrix.model import Cell, Matrix
+from harness.fleet.matrix.outputs import write_outputs
+from harness.fleet.matrix.shard import shard_ids
 from harness.paths import results_root
 from harness.report.results import RunDir
 

@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -34,6 +33,7 @@ from fabric.runners import Remote
 
 from harness.errors import EXIT_INFRA, InfraError, InputError
 from harness.paths import REPO, results_root
+from harness.util import change_identity, commit_of
 
 REMOTE_KERNELS = ".cache/kvm-dirty-harness/remote-kernels"  # under the remote $HOME
 PASS_THROUGH = {"run": ("--upto", "--seed", "--duration", "--set"), "matrix": ("--shard", "--jobs")}
@@ -275,11 +275,8 @@ def probe(c: fabric.Connection, repo: str, label: str) -> dict:
 
 
 def local_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                              text=True).stdout.strip() or "?"
-    except OSError:
-        return "?"
+    """This checkout's change identity (HEAD, '-dirty' when a tracked file differs)."""
+    return change_identity(REPO)
 
 
 def push_tar(c: fabric.Connection, dest: str, items: list[tuple[str, Path | bytes]]) -> None:
@@ -442,7 +439,7 @@ def cli_remote(args) -> int:
     try:
         info = probe(c, ns.remote_repo, host.label())
         mine = local_commit()
-        if info["commit"] != mine:
+        if info["commit"] != commit_of(mine):
             print(f"remote: warning: the remote checkout is at {info['commit'][:12]}, this one at {mine[:12]}: "
                   "the remote's code runs (both recorded in remote.json)", file=sys.stderr)
         try:
@@ -456,7 +453,7 @@ def cli_remote(args) -> int:
             except (OSError, paramiko.SSHException):
                 print(f"remote: could not remove {info['tmp']} on {host.label()}", file=sys.stderr)
         facts = {"schema": 1, "host": host.label(), "remote_repo": info["repo"], "remote_commit": info["commit"],
-                 "remote_dirty": info["dirty"], "local_commit": mine, "commits_match": info["commit"] == mine,
+                 "remote_dirty": info["dirty"], "local_commit": mine, "commits_match": info["commit"] == commit_of(mine),
                  "argv": argv, "kernel": kernel, "remote_tmp": info["tmp"], "exit_code": code,
                  "started": started, "seconds": round(time.monotonic() - t0, 1)}
         keys = list(c.connect_kwargs.get("key_filename") or []) + [f"~/.ssh/{k}" for k in DEFAULT_KEYS]

@@ -8,15 +8,7 @@ import subprocess
 from pathlib import Path
 
 from harness.errors import InfraError
-
-
-def sha256_file(path: Path, h: "hashlib._Hash | None" = None) -> str:
-    own = h is None
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest() if own else ""
+from harness.util import sha256_file  # noqa: F401 (images.l1 imports it from here)
 
 
 def inputs_hash(parts: list[str | Path]) -> str:

@@ -34,8 +34,9 @@ from pathlib import Path
 from harness.errors import InfraError, InputError
 from harness.kernel import kconfig, series, source
 from harness.kernel.series import Patch
-from harness.kernel.source import KernelInputs, SourceTree, file_lock, git
+from harness.kernel.source import KernelInputs, SourceTree, git
 from harness.paths import cache_dir, results_root
+from harness.util import atomic_write, file_lock
 
 SCHEMA = 2                      # bump when the artifact layout, the key recipe or the release policy changes
 BUILD_TARGETS = ["bzImage", "modules"]
@@ -253,12 +254,6 @@ def lookup(p: Plan) -> Path | None:
     return art if (art / "meta.json").is_file() and (art / "bzImage").is_file() else None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _kconfig_blobs(tree: Path) -> str:
     """Hash of every Kconfig* file of the checked-out tree (git blob ids: no file reading)."""
     r = git("ls-files", "-s", "--", "*Kconfig*", cwd=tree)
@@ -287,7 +282,7 @@ def _configure(p: Plan, tree: SourceTree, log) -> tuple[str, list[str]]:
         return cached.read_text(), cmds
     log("configuring (merge_config.sh + olddefconfig + verify)")
     text, _ = kconfig.configure(src, staging, defcfg, p.fragments, p.make_vars)
-    _atomic_write(cached, text)
+    atomic_write(cached, text)
     return text, cmds
 
 
@@ -324,7 +319,7 @@ def build_kernel(kernel_yaml: Path, upto: int | None = None, *, _fresh_objtree: 
         key = artifact_key(tree.id, [x.sha256 for x in p.patches], cfg_sha)
         final = kernels_dir() / key
         if (final / "meta.json").is_file() and not (_fresh_objtree or _force):
-            _atomic_write(kernels_dir() / "by-input" / p.input_key, key + "\n")
+            atomic_write(kernels_dir() / "by-input" / p.input_key, key + "\n")
             return final
 
         objroot = cache_dir() / "obj"
@@ -337,7 +332,7 @@ def build_kernel(kernel_yaml: Path, upto: int | None = None, *, _fresh_objtree: 
         objdir.mkdir(parents=True, exist_ok=True)
         cfg = objdir / ".config"
         if not cfg.is_file() or cfg.read_text() != config_text:   # same content: keep the mtime
-            _atomic_write(cfg, config_text)
+            atomic_write(cfg, config_text)
 
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=kernels_dir()))
         try:
@@ -362,7 +357,7 @@ def build_kernel(kernel_yaml: Path, upto: int | None = None, *, _fresh_objtree: 
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 os.rename(tmp, final)
-            _atomic_write(kernels_dir() / "by-input" / p.input_key, key + "\n")
+            atomic_write(kernels_dir() / "by-input" / p.input_key, key + "\n")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -532,7 +527,7 @@ def bench(kernel_yaml: Path, upto: int | None = None) -> Path:
     res = results_root()
     res.mkdir(parents=True, exist_ok=True)
     path = res / f"bench-build-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    _atomic_write(path, json.dumps(out, indent=2) + "\n")
+    atomic_write(path, json.dumps(out, indent=2) + "\n")
     return path
 
 

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.kernel.source import sha256_file  # noqa: E402 (source imports this module lazily)
 from harness.errors import InfraError, InputError
 from harness.paths import cache_dir
+from harness.util import file_lock, sha256_file
 
 EXTRA_SUITES = ("sid", "trixie-backports")
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -167,7 +167,6 @@ class PrivateApt:
             return None
 
     def _lock(self):
-        from harness.kernel.source import file_lock
         return file_lock(self.root / "harness.lock")
 
     def update(self) -> None:

@@ -12,23 +12,21 @@ differ, so make only rebuilds what changed).
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Union
+from typing import Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.errors import InfraError, InputError
 from harness.paths import cache_dir
+from harness.util import file_lock, sha256_file  # noqa: F401 (callers import them from here too)
 from harness.yamlload import load_model, parse_model
 
 # Fixed identity for the synthetic base commit: the same tree always gives the same commit id.
@@ -128,14 +126,6 @@ def git(*args: str, cwd: Path | None = None, check: bool = True, env: dict | Non
     return r
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cached_sha256(path: Path) -> str:
     """sha256 of a big file, remembered by (path, size, mtime) so a cache hit stays instant."""
     st = path.stat()
@@ -153,17 +143,6 @@ def cached_sha256(path: Path) -> str:
     tmp.write_text(json.dumps(table, indent=1))
     os.replace(tmp, idx)
     return digest
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def makefile_version(tree: Path) -> str:

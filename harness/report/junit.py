@@ -42,7 +42,7 @@ def run_junit(run: dict) -> str:
 
 
 def matrix_junit(name: str, cells: Iterable) -> str:
-    """A matrix's cells (harness.matrix.Cell): each passes when its outcome is the one it declares."""
+    """A matrix's cells (harness.fleet.matrix.Cell): each passes when its outcome is the one it declares."""
     out = []
     for c in cells:
         tc = TestCase(c.name, classname=name, time=round(float(sum(r.get("total_s") or 0 for r in c.runs)), 1))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harness.util import atomic_write
+
 INFRA_VERDICTS = ("infra-error", "input-error")  # a run's verdicts that say nothing about the kernel
 INFRA_OUTCOMES = ("infra", "not-run", "flaky")  # a matrix cell's (as in junit.py)
 MAX_DIAG_FINDINGS = 20  # diagnostic lines per test: a finding with 100k violations is one line, not 100k
@@ -236,18 +238,15 @@ def bisect_ktap(doc: dict) -> str:
 
 
 def write_bisect_ktap(doc: dict, path) -> Path:
-    from harness.report.results import atomic_write
     atomic_write(Path(path), bisect_ktap(doc))
     return Path(path)
 
 
 def write_run_ktap(run: dict, path) -> Path:
-    from harness.report.results import atomic_write  # results imports this module
     atomic_write(Path(path), run_ktap(run))
     return Path(path)
 
 
 def write_matrix_ktap(matrix_json: dict, path) -> Path:
-    from harness.report.results import atomic_write
     atomic_write(Path(path), matrix_ktap(matrix_json))
     return Path(path)

@@ -328,7 +328,7 @@ def time_to_first_finding(matrix_json: dict, out: Path) -> list[dict]:
 
 
 def matrix_plots(matrix_json: dict, out_dir) -> list[Path]:
-    """A matrix's plots under out_dir (the heat map stays harness.matrix's): time-to-first-finding.png when the
+    """A matrix's plots under out_dir (the heat map stays harness.fleet.matrix's): time-to-first-finding.png when the
     matrix has mutant cells."""
     if not _mutant_kernels(matrix_json):
         return []

@@ -25,6 +25,7 @@ import yaml
 
 from harness.errors import EXIT_INFRA, EXIT_INPUT, InputError
 from harness.paths import REPO, cache_dir
+from harness.util import commit_of
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -391,7 +392,7 @@ def _recipe_json(run: dict, rec: dict, commit: str, overrides: list[str]) -> str
 
 
 def _harness_commit(run: dict) -> str:
-    short = str(run.get("versions", {}).get("harness_git") or "")
+    short = commit_of(str(run.get("versions", {}).get("harness_git") or ""))
     r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     full = r.stdout.strip() if r.returncode == 0 else ""
     return full if full and (not short or full.startswith(short.rstrip("?"))) else (short or "unknown")

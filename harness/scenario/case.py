@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import tempfile
 import time
 import traceback
@@ -26,10 +25,9 @@ from harness.report.results import atomic_write
 from harness.scenario import l1host
 from harness.vm import qemu
 from harness.vm.accel import choose_accel
+from harness.vm.l1boot import boot_l1
 from harness.vm.ssh import L1Shell, key_cmdline_arg, make_run_key
 
-# QEMU 7.2 multi-threaded TCG: a rare L1 boot crash while the kernel patches its own text (feasibility notes).
-TCG_BOOT_FLAKE = ("Oops: int3", "sched_clock_cpu")
 RECORDED = ("l1-console.log", "l1-dmesg.log", "l2-console.log", "l2-result.log", "l2-qemu.log", "vmstat.csv",
             "trace.txt.gz", "ledger.jsonl")
 
@@ -117,23 +115,13 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
 
 
 def _boot_l1(spec, cdir: Path, s: Scenario, accel, ev: CaseEvidence) -> qemu.QemuVM:
-    for attempt in (1, 2):
-        vm = qemu.QemuVM(spec, cdir)
-        vm.start()
+    def started(vm: qemu.QemuVM) -> None:
         ev.info["l1"]["qemu_cmd"] = vm.cmd
-        try:
-            ev.info["timings"]["l1_boot_s"] = round(vm.wait_console(
-                "HARNESS-L1: ready", s.timeouts.l1_boot_s * accel.timeout_scale, fail_markers=("Kernel panic",)), 2)
-            return vm
-        except InfraError:
-            text = vm.console_text()
-            vm.kill()
-            if attempt == 1 and accel.mode == "tcg" and all(m in text for m in TCG_BOOT_FLAKE):
-                ev.info.setdefault("infra_events", []).append("L1 boot hit the QEMU 7.2 TCG int3 flake; retried")
-                os.replace(cdir / "l1-console.log", cdir / "l1-console.attempt1.log")
-                continue
-            raise
-    raise AssertionError("unreachable")
+
+    vm, boot_s = boot_l1(spec, cdir, accel, s.timeouts.l1_boot_s * accel.timeout_scale, on_start=started,
+                         on_retry=lambda msg: ev.info.setdefault("infra_events", []).append(msg))
+    ev.info["timings"]["l1_boot_s"] = round(boot_s, 2)
+    return vm
 
 
 def _setup_l1(s: Scenario, ev: CaseEvidence, sh: L1Shell, scale: float, log) -> None:

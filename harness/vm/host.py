@@ -4,7 +4,7 @@ The readers (`cpuinfo`, `sys_modules`, `module_param`, `dev_kvm`, `cgroup2`, `di
 `qemu_version`, `mem_total_mib`) are the only functions here that touch the host: tests replace them.
 `read_host()` gathers them into `HostFacts`; `host_caps()` turns the facts (and, when it may, the KVM boot
 probe of harness.vm.accel) into the `HostCaps` a matrix checks each cell's `requires:` against
-(harness.matrix_requires.cell_skip_reason); `harness doctor` (harness.vm.doctor) judges the same facts.
+(harness.fleet.matrix.requires.cell_skip_reason); `harness doctor` (harness.vm.doctor) judges the same facts.
 """
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def read_host(cache: Path | None = None) -> HostFacts:
 
 @dataclass(frozen=True)
 class HostCaps:
-    """What a matrix cell can need of this host (harness.matrix_requires.Requires)."""
+    """What a matrix cell can need of this host (harness.fleet.matrix.requires.Requires)."""
     accel: str  # kvm | tcg: what the runs here will use for L1
     accel_why: str
     vendor: str  # L0's CPU: intel | amd | unknown

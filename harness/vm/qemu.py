@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from harness.errors import InfraError
+from harness.util import kill_procs, kill_tree  # noqa: F401 (callers import them from here too)
 
 _LIVE: list["QemuVM"] = []
 
@@ -141,24 +142,6 @@ class QemuVM:
             self.qmp_sock.unlink(missing_ok=True)
         except OSError:
             pass
-
-
-def kill_tree(pid: int) -> None:
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    kill_procs(parent.children(recursive=True) + [parent])
-
-
-def kill_procs(procs: list[psutil.Process], wait_s: float = 5) -> None:
-    """SIGKILL each process (gone ones are fine) and wait for them."""
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=wait_s)
 
 
 def reap_all() -> None:

@@ -1,4 +1,4 @@
-"""LKDTM live: each kernel of harness.lkdtm.KERNELS (kernels/debian-6.12-debug.yaml and debian-7.2-debug.yaml with
+"""LKDTM live: each kernel of harness.fleet.lkdtm.KERNELS (kernels/debian-6.12-debug.yaml and debian-7.2-debug.yaml with
 kconfigs/lkdtm.config; kernels/debian-7.2-kasan.yaml with kasan.config too) boots as L1 under the harness's QEMU
 without oops=panic, LKDTM provokes each of its crash types in one boot, and the console oracle must give each
 type's report its kind and title.
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from harness import lkdtm
+from harness.fleet import lkdtm
 from harness.oracles.console import classify
 from tests.conftest import REPO, requires_qemu
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import remote
+from harness.fleet import remote
 from tests.conftest import REPO, requires_qemu
 from tests.integration.test_pipeline import SMALL, qemus_under
 

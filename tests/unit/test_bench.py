@@ -1,12 +1,12 @@
-"""`python -m harness.bench`: stage selection and the matrix-jobs bench (a fake `harness matrix`, no QEMU)."""
+"""`python -m harness.fleet.bench`: stage selection and the matrix-jobs bench (a fake `harness matrix`, no QEMU)."""
 import json
 from pathlib import Path
 
 import pytest
 
-import harness.bench as B
-import harness.matrix as M
-from harness.matrix_shard import shard_cells
+import harness.fleet.bench as B
+import harness.fleet.matrix as M
+from harness.fleet.matrix.shard import shard_cells
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests/fixtures/matrices/bench-jobs.yaml"
@@ -24,7 +24,7 @@ def test_bench_fixtures_expand_as_documented():
 
 def fake_matrix_run(fp_on_jobs: int | None = None, seconds: dict | None = None):
     """Stands in for subprocess.run(['python', '-m', 'harness', 'matrix', M, '--jobs', N, '--results', R]): a
-    finished matrix folder written by harness.matrix's own save(), clean cells clean, finding cells found."""
+    finished matrix folder written by harness.fleet.matrix's own save(), clean cells clean, finding cells found."""
     calls = []
 
     def run(argv, **kw):

@@ -1,7 +1,7 @@
 """The bisection policy on recorded verdict sequences: which stacks it tests, in which order, what it names."""
 import pytest
 
-from harness.bisect import (BAD, GOOD, INFRA, MORE, STATUS_EXIT, bisect_json, confidence, drive, next_action,
+from harness.fleet.bisect import (BAD, GOOD, INFRA, MORE, STATUS_EXIT, bisect_json, confidence, drive, next_action,
                             step_state, summary)
 
 P, F, I = "pass", "finding", "infra-error"
@@ -92,7 +92,7 @@ def test_exit_codes():
 
 
 def test_bisect_json_and_summary_name_the_first_bad_patch():
-    from harness.bisect import Bisect
+    from harness.fleet.bisect import Bisect
     from harness.kernel.series import Patch
     from pathlib import Path
     b = Bisect(Path("/k.yaml"), Path("/s.yaml"), ["stop_on_first_finding=true"], 1, Path("/r"))

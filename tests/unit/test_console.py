@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench import bench_console
+from harness.fleet.bench import bench_console
 from harness.oracles import console, console_rules
 from harness.oracles.console import Report, classify, classify_all, cli_classify, taint_flags
 from harness.oracles.console_golden import parse_case

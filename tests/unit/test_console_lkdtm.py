@@ -4,7 +4,7 @@ and on a KASAN build of 7.2.
 Each tests/fixtures/consoles-lkdtm/<kernel>/<TYPE>.log is the serial console of one L1 boot from the marker
 "lkdtm-record: begin TYPE" to "lkdtm-record: end TYPE" (scripts/record-lkdtm-consoles.py; the same boots live:
 tests/integration/test_lkdtm.py); expected.json names the kind and title the oracle must give each file (a golden
-per real log, written from harness.lkdtm.KERNELS, not from the oracle's own answer); boot.log is the same boot
+per real log, written from harness.fleet.lkdtm.KERNELS, not from the oracle's own answer); boot.log is the same boot
 before the first marker, which must hold no report.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import lkdtm
+from harness.fleet import lkdtm
 from harness.oracles.console import classify, classify_all
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures/consoles-lkdtm"

@@ -2,7 +2,7 @@
 import pytest
 from junitparser import Error, Failure, JUnitXml, Skipped
 
-from harness.matrix import Cell, junit
+from harness.fleet.matrix import Cell, junit
 from harness.report.results import atomic_write, junit_xml
 
 

@@ -105,7 +105,7 @@ def test_a_case_that_expects_a_finding_passes_on_one():
 
 
 def matrix() -> dict:
-    """matrix.json as harness.matrix.save() writes it (Cell.__dict__ + outcome/ok/retries)."""
+    """matrix.json as harness.fleet.matrix.save() writes it (Cell.__dict__ + outcome/ok/retries)."""
     def cell(kernel, variant, expect, outcome, ok, runs):
         return {"kernel": kernel, "variant": variant, "expect": expect, "why": "", "runs": runs, "seed": None,
                 "budget": None, "outcome": outcome, "ok": ok, "retries": 0}
@@ -161,7 +161,7 @@ def test_clean_makes_any_text_one_safe_line():
     assert clean(None) == ""
 
 
-# a bisection (bisect.json as harness.bisect writes it) -------------------------------------------------------
+# a bisection (bisect.json as harness.fleet.bisect writes it) -------------------------------------------------------
 
 SUBJECTS = ["KVM: x86/mmu: Funnel fault-path pfn release", "KVM: x86/mmu: Mark folio dirty when creating",
             "KVM: x86/mmu: Stop marking folios dirty when zapping", "KVM: x86/mmu: Mark folios accessed only on zap",
@@ -169,8 +169,8 @@ SUBJECTS = ["KVM: x86/mmu: Funnel fault-path pfn release", "KVM: x86/mmu: Mark f
 
 
 def bisect_doc(recorded: dict, n: int = 5, repeats: int = 1) -> dict:
-    """bisect.json from the real policy (harness.bisect.drive) on recorded verdicts per upto."""
-    from harness.bisect import Bisect, bisect_json, drive
+    """bisect.json from the real policy (harness.fleet.bisect.drive) on recorded verdicts per upto."""
+    from harness.fleet.bisect import Bisect, bisect_json, drive
     from harness.kernel.series import Patch
     b = Bisect(Path("/k/mutant-d.yaml"), Path("/s/default.yaml"), ["stop_on_first_finding=true"], repeats, Path("/r"))
     b.patches = [Patch(Path(f"/p/{i}"), f"000{i}.patch", SUBJECTS[i - 1], f"{i}" * 64) for i in range(1, n + 1)]
@@ -244,7 +244,7 @@ def test_a_clean_series_passes(kunit_py, tmp_path):
 
 
 def test_bisect_writes_results_ktap_next_to_bisect_json(tmp_path):
-    from harness.bisect import write_outputs
+    from harness.fleet.bisect import write_outputs
     doc = bisect_doc({0: ["pass"], 5: ["finding"], 2: ["pass"], 3: ["pass"], 4: ["pass"]})
     write_outputs(tmp_path, doc)
     assert json.loads((tmp_path / "bisect.json").read_text())["first_bad"]["index"] == 5

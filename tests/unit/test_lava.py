@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import lava
+from harness.fleet import lava
 from harness.cli import main
 from harness.errors import InputError
-from harness.matrix import expand, load_matrix
+from harness.fleet.matrix import expand, load_matrix
 from tests.conftest import REPO
 
 DEBIAN_PY = "/usr/bin/python3"

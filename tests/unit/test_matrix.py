@@ -3,7 +3,7 @@ import json
 import pytest
 
 from harness.errors import InputError
-from harness.matrix import Cell, expand, heatmap, junit, load_matrix, overrides_of, score, summary
+from harness.fleet.matrix import Cell, expand, heatmap, junit, load_matrix, overrides_of, score, summary
 from tests.conftest import REPO
 
 
@@ -63,7 +63,7 @@ def test_cell_per_seed_gives_one_cell_per_seed(tmp_path):
 
 
 def test_evidence_names_gfn_pfn_rule_and_patch():
-    from harness.matrix import evidence
+    from harness.fleet.matrix import evidence
     fs = [{"oracle": "ledger", "kind": "stale", "title": "43 lost write: stale page", "patch": "MUTANT: x",
            "pages": [{"index": 212, "gfn": 0x1000d4, "expected": 2, "found": 1}]},
           {"oracle": "trace", "kind": "R1-violation", "title": "trace rule R1: 9 x dirty SPTE zapped", "patch": "MUTANT: x"},

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import harness.matrix as M
+import harness.fleet.matrix as M
 from harness.config import load_scenario
 from harness.errors import InputError
 from tests.conftest import REPO

@@ -7,13 +7,14 @@ import signal
 
 import pytest
 
-import harness.matrix as M
-import harness.matrix_jobs as MJ
-import harness.matrix_shard as S
+import harness.fleet.matrix as M
+import harness.fleet.matrix.cli as MC
+import harness.fleet.matrix.jobs as MJ
+import harness.fleet.matrix.shard as S
 from harness.cli import main
 from harness.config import KvmIntelKnobs, load_scenario
 from harness.errors import InputError
-from harness.matrix_requires import Requires, cell_skip_reason, knob_requirements, missing_requirements
+from harness.fleet.matrix.requires import Requires, cell_skip_reason, knob_requirements, missing_requirements
 from harness.vm import host as H
 from tests.conftest import REPO
 
@@ -250,7 +251,7 @@ def test_list_shows_what_this_host_skips_without_probing(tmp_path, capsys, monke
     p = write(tmp_path)
     calls = []
     monkeypatch.setattr(H, "host_caps", lambda facts=None, probe_kernel=None: calls.append(probe_kernel) or AMD)
-    monkeypatch.setattr(M, "resolve", lambda *a: pytest.fail("--list must not resolve kernels"))
+    monkeypatch.setattr(MC, "resolve", lambda *a: pytest.fail("--list must not resolve kernels"))
     assert main(["matrix", str(p), "--list"]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
@@ -272,7 +273,7 @@ def test_the_runner_runs_only_what_the_host_can(tmp_path, monkeypatch):
     p = write(tmp_path)
     resolved, given = [], []
     monkeypatch.setattr(H, "host_caps", lambda facts=None, probe_kernel=None: TCG)
-    monkeypatch.setattr(M, "resolve", lambda ref, base: resolved.append(ref) or {"source": "debian-prebuilt"})
+    monkeypatch.setattr(MC, "resolve", lambda ref, base: resolved.append(ref) or {"source": "debian-prebuilt"})
 
     def fake_run_cells(cells, ctx, on_cell_done):
         for c in cells:
@@ -284,7 +285,7 @@ def test_the_runner_runs_only_what_the_host_can(tmp_path, monkeypatch):
     monkeypatch.setattr(MJ, "run_cells", fake_run_cells)
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
-        rc = M.cli_matrix(argparse.Namespace(matrix_yaml=str(p), results=str(tmp_path / "res"), list=False,
+        rc = MC.cli_matrix(argparse.Namespace(matrix_yaml=str(p), results=str(tmp_path / "res"), list=False,
                                              shard=None, jobs="1"))
     finally:
         for s, h in saved.items():

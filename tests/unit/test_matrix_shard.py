@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-import harness.matrix as M
-import harness.matrix_shard as S
+import harness.fleet.matrix as M
+import harness.fleet.matrix.cli as MC
+import harness.fleet.matrix.shard as S
 from harness.cli import main
 from harness.errors import InputError
 from tests.conftest import REPO
@@ -95,7 +96,7 @@ def test_a_cell_listed_twice_is_an_input_error(tmp_path):
 
 def test_list_prints_one_line_per_cell_and_runs_nothing(tmp_path, capsys, monkeypatch):
     mpath = write_matrix(tmp_path)
-    monkeypatch.setattr(M, "resolve", lambda *a: pytest.fail("--list must not resolve kernels"))
+    monkeypatch.setattr(MC, "resolve", lambda *a: pytest.fail("--list must not resolve kernels"))
     assert main(["matrix", str(mpath), "--list", "--results", str(tmp_path / "res")]) == 0
     lines = capsys.readouterr().out.splitlines()
     cells = M.expand(M.load_matrix(mpath))

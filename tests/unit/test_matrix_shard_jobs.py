@@ -13,8 +13,9 @@ import time
 import psutil
 import pytest
 
-import harness.matrix as M
-import harness.matrix_jobs as MJ
+import harness.fleet.matrix as M
+import harness.fleet.matrix.cli as MC
+import harness.fleet.matrix.jobs as MJ
 
 FAKE = r'''
 import json, os, signal, subprocess, sys, time
@@ -80,7 +81,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setattr(MJ, "HARNESS_ARGV", [sys.executable, str(script)])
     monkeypatch.setattr(MJ, "POLL_S", 0.05)
     monkeypatch.setattr(MJ, "warm_images", lambda kernels: None)
-    monkeypatch.setattr(M, "resolve", lambda ref, base: {"source": "debian-prebuilt", "release": "x"})
+    monkeypatch.setattr(MC, "resolve", lambda ref, base: {"source": "debian-prebuilt", "release": "x"})
     for k in ("FAKE_GRANDCHILD", "FAKE_IGNORE_TERM", "FAKE_SLEEP", "FAKE_FIND_SEEDS"):
         monkeypatch.delenv(k, raising=False)
     (tmp_path / "s.yaml").write_text("seed: 1\n")
@@ -95,7 +96,7 @@ def fake(tmp_path, monkeypatch):
 def matrix(tmp_path, results: str, **kw) -> tuple[int, dict, object]:
     ns = argparse.Namespace(matrix_yaml=str(tmp_path / "m.yaml"), results=str(tmp_path / results),
                             list=False, shard=kw.get("shard"), jobs=kw.get("jobs", "1"))
-    rc = M.cli_matrix(ns)
+    rc = MC.cli_matrix(ns)
     (mdir,) = (tmp_path / results).iterdir()
     return rc, json.loads((mdir / "matrix.json").read_text()), mdir
 
@@ -137,7 +138,7 @@ def test_the_child_gets_kernel_seed_overrides_and_its_results_folder(fake):
 
 
 def test_a_built_kernel_is_passed_as_kernel_dir(fake, monkeypatch, tmp_path):
-    monkeypatch.setattr(M, "resolve", lambda ref, base: {"source": "built", "release": "x", "dir": str(tmp_path)})
+    monkeypatch.setattr(MC, "resolve", lambda ref, base: {"source": "built", "release": "x", "dir": str(tmp_path)})
     matrix(fake, "r", jobs="2")
     argv = json.loads(next(fake.glob("r/*/argv-*")).read_text())
     assert argv[argv.index("--kernel") + 1] == str(tmp_path.resolve())

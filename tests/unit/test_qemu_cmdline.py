@@ -171,7 +171,7 @@ def test_setup_host_refuses_kvm_intel_params_on_amd(tmp_path):
 # ---- scenarios/hardware.yaml -------------------------------------------------------------------------------------
 def test_hardware_matrix_covers_vendors_and_versions():
     from harness.config import load_scenario
-    from harness.matrix import expand, load_matrix, overrides_of
+    from harness.fleet.matrix import expand, load_matrix, overrides_of
     path = REPO / "scenarios/hardware.yaml"
     m = load_matrix(path)
     cells = expand(m)

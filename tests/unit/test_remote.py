@@ -5,7 +5,7 @@ import subprocess
 import paramiko
 import pytest
 
-from harness import remote
+from harness.fleet import remote
 from harness.cli import _parser
 from harness.errors import InputError
 

@@ -87,7 +87,7 @@ def test_values_and_overrides_apply(tmp_path):
 def test_the_three_callers_share_the_format(tmp_path):
     from harness.config import load_scenario
     from harness.kernel.source import load_kernel_yaml
-    from harness.matrix import load_matrix
+    from harness.fleet.matrix import load_matrix
     (tmp_path / "s.yaml").write_text("seed: 1\nledger:\n  rounds: 0\n")
     (tmp_path / "k.yaml").write_text("base:\n  git: x\n  ref: [1]\n")
     (tmp_path / "m.yaml").write_text("name: x\nkernels: {a: {}}\ngroups:\n  - kernels: [a]\n    expect: maybe\n")

@@ -23,9 +23,11 @@ from typing import Callable
 import psutil
 
 from harness.errors import InputError
-from harness.matrix import Cell, Matrix, cell_overrides, run_entry, seeds_of
+from harness.fleet.matrix.expansion import cell_overrides, seeds_of
+from harness.fleet.matrix.model import Cell, Matrix
+from harness.fleet.matrix.scoring import run_entry
 from harness.paths import REPO
-from harness.vm.qemu import kill_procs
+from harness.util import kill_procs
 
 HARNESS_ARGV = [sys.executable, "-m", "harness"]  # tests point this at a fake child
 POLL_S = 0.2
@@ -67,6 +69,7 @@ class Context:
     final: Path  # its name once complete: run_dir entries point there
     jobs: int
     total_s: dict[str, float]  # cell id → its scenario's wall clock
+    overrides: list[str] = field(default_factory=list)  # `harness matrix --set`: every cell, after its variant
 
 
 @dataclass
@@ -89,7 +92,7 @@ def child_argv(ctx: Context, c: Cell, seed: int) -> list[str]:
     if meta.get("source") != "debian-prebuilt" and meta.get("dir"):  # the prebuilt: the child's own default
         argv += ["--kernel", str(Path(meta["dir"]).resolve())]
     argv += ["--seed", str(seed)]
-    for ov in [f"name={json.dumps(c.kernel)}", *cell_overrides(c)]:  # run folders named after the kernel
+    for ov in [f"name={json.dumps(c.kernel)}", *cell_overrides(c), *ctx.overrides]:  # folders named after the kernel
         argv += ["--set", ov]
     return argv + ["--results", str(ctx.mdir / "runs" / c.id)]
 

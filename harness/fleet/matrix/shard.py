@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 from pathlib import Path
 
 from harness.errors import InputError
 from harness.paths import REPO
+from harness.util import change_identity
 
 SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -40,7 +40,7 @@ def shard_cells(cells: list, index: int, count: int) -> list:
 
 def list_text(cells: list) -> str:
     """One line per cell: id, expectation, name, and `# SKIP why` for a cell this host cannot run (its group's
-    requires:, harness.matrix_requires)."""
+    requires:, harness.fleet.matrix.requires)."""
     return "".join(f"{c.id}  {c.expect:13}  {c.name}" + (f"  # SKIP {c.skip}" if getattr(c, "skip", None) else "")
                    + "\n" for c in cells)
 
@@ -50,19 +50,9 @@ def matrix_id(matrix_yaml: Path, scenario_yaml: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _git(*args: str) -> str | None:
-    try:
-        p = subprocess.run(["git", "--no-optional-locks", "-C", str(REPO), *args], capture_output=True, text=True)
-    except OSError:
-        return None
-    return p.stdout.strip() if p.returncode == 0 else None
-
-
 def harness_commit() -> str:
-    """HEAD, with '-dirty' when tracked harness code differs from it (read-only: no index refresh)."""
-    rev = _git("rev-parse", "HEAD") or "?"
-    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "harness", "guest-images")
-    return rev + ("-dirty" if dirty else "")
+    """The harness's change identity (HEAD, '-dirty' when a tracked file differs): shards of one matrix must agree."""
+    return change_identity(REPO)
 
 
 def identity(matrix_yaml: Path, scenario_yaml: Path, m, index: int, count: int, cells: list) -> dict:
