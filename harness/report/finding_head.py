@@ -80,8 +80,8 @@ def change_text(run: dict) -> str:
     """The change under test: the tree's identity (commits, uncommitted diff) when recorded, else the patch
     series (every patch, in order), else the unpatched kernel."""
     k = run.get("kernel") or {}
-    tree = run.get("change") or k.get("tree") or k.get("change")
-    if isinstance(tree, dict) and tree:
+    tree = run.get("change") or k.get("change")
+    if isinstance(tree, dict) and tree.get("kind", "tree") == "tree" and tree:
         return _tree_text(tree)
     patches = k.get("patches") or []
     base = k.get("base")
@@ -97,20 +97,18 @@ def change_text(run: dict) -> str:
 
 
 def _tree_text(t: dict) -> str:
-    head = t.get("head") or t.get("commit") or {}
-    if isinstance(head, dict):
-        sha, subject = head.get("sha") or head.get("commit"), head.get("subject")
-    else:
-        sha, subject = head, t.get("subject")
-    text = f"tree {t.get('repo') or t.get('path') or '?'} at {t.get('describe') or str(sha or '?')[:12]}"
-    if subject:
-        text += f" ({str(sha or '')[:12]} {subject})"
+    """harness.kernel.change.tree_change's identity in one line: where, which commit, how many commits since the
+    base, and the uncommitted diff (reproduce.sh embeds it)."""
+    head = t.get("head") or {}
+    sha = str(head.get("sha") or "")
+    text = f"tree {t.get('path') or t.get('repo') or '?'} at {t.get('describe') or sha[:12] or '?'}"
+    if head.get("subject"):
+        text += f" ({sha[:12]} {head['subject']})"
     commits = t.get("commits") or []
     if commits:
         text += f"; {len(commits)} commit(s) since {t.get('base') or 'the base'}"
-    diff = t.get("diff_sha256") or (t["diff"].get("sha256") if isinstance(t.get("diff"), dict) else None)
-    if diff or t.get("dirty"):
-        text += f"; uncommitted diff sha256 {str(diff or '?')[:12]} (embedded in reproduce.sh)"
+    if t.get("diff_sha256"):
+        text += f"; uncommitted diff sha256 {str(t['diff_sha256'])[:12]} (embedded in reproduce.sh)"
     return text
 
 
@@ -144,13 +142,19 @@ def scenario_args(run: dict) -> list[str]:
 def bisect_command(run: dict) -> str | None:
     """`harness bisect ...` for this run's change: over the tree's commits (--git) or the patch series."""
     k = run.get("kernel") or {}
-    tree = run.get("change") or k.get("tree") or k.get("change")
+    tree = run.get("change") or k.get("change")
     scen = scenario_args(run)
-    if isinstance(tree, dict) and tree.get("repo") and len(tree.get("commits") or []) > 1:
-        head = tree.get("head") or tree.get("commit")
-        bad = head.get("sha") if isinstance(head, dict) else head
-        argv = ["harness", "bisect", "--git", tree["repo"], "--good", str(tree.get("base")), "--bad", str(bad), *scen]
-        return shlex.join(argv) + "   # the first bad commit"
+    if isinstance(tree, dict) and tree.get("git") is not False and (tree.get("head") or {}).get("sha"):
+        where = tree.get("path") or tree.get("repo")
+        bad = tree["head"]["sha"]
+        commits = tree.get("commits") or []
+        if tree.get("base") and len(commits) > 1:
+            argv = ["harness", "bisect", "--git", where, "--good", tree["base"], "--bad", bad, *scen]
+            return shlex.join(argv) + "   # the first bad commit"
+        if not tree.get("base"):
+            return shlex.join(["harness", "bisect", "--git", where, "--good", "REF", "--bad", bad, *scen]) + \
+                "   # REF: a commit without the finding"
+        return None
     if len(k.get("patches") or []) > 1:
         yaml = k.get("kernel_yaml") or "KERNEL.yaml"
         return shlex.join(["harness", "bisect", yaml, *scen]) + "   # the first bad patch of the series"
