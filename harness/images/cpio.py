@@ -73,3 +73,20 @@ def busybox_tree(root: Path) -> None:
         link.symlink_to(os.path.relpath(root / "bin/busybox", link.parent))
     for d in ("proc", "sys", "dev", "tmp", "run", "root", "etc"):
         (root / d).mkdir(exist_ok=True)
+
+
+def module_files(modroot: Path, release: str, names: list[str]) -> list[Path]:
+    """Module files (with dependencies, in load order) for `names`; built-ins and absent modules skipped."""
+    if not (modroot / "lib/modules" / release / "modules.dep").exists():
+        p = subprocess.run(["depmod", "-b", str(modroot), release], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise InfraError(f"depmod -b {modroot} {release}: {p.stderr.strip()}")
+    files: list[Path] = []
+    for name in names:
+        p = subprocess.run(["modprobe", "-d", str(modroot), "-S", release, "--show-depends", name],
+                           capture_output=True, text=True)
+        for line in p.stdout.splitlines():
+            parts = line.split()
+            if parts[:1] == ["insmod"] and Path(parts[1]) not in files:
+                files.append(Path(parts[1]))
+    return files

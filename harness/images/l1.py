@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import InfraError
-from harness.images.cpio import busybox_tree, copy_into, inputs_hash, ldd_libs, pack, sha256_file
+from harness.images.cpio import busybox_tree, copy_into, inputs_hash, ldd_libs, module_files, pack, sha256_file
 from harness.images.l2 import L2Image, build_static
 from harness.paths import REPO, cache_dir
 
@@ -38,21 +38,6 @@ def _run(cmd: list[str], **kw) -> str:
     if p.returncode != 0:
         raise InfraError(f"{' '.join(cmd)}: {p.stderr.strip()}")
     return p.stdout
-
-
-def module_files(modroot: Path, release: str, names: list[str]) -> list[Path]:
-    """Module files (with dependencies, in load order) for `names`; built-ins and absent modules skipped."""
-    if not (modroot / "lib/modules" / release / "modules.dep").exists():
-        _run(["depmod", "-b", str(modroot), release])
-    files: list[Path] = []
-    for name in names:
-        p = subprocess.run(["modprobe", "-d", str(modroot), "-S", release, "--show-depends", name],
-                           capture_output=True, text=True)
-        for line in p.stdout.splitlines():
-            parts = line.split()
-            if parts[:1] == ["insmod"] and Path(parts[1]) not in files:
-                files.append(Path(parts[1]))
-    return files
 
 
 def _install_modules(root: Path, modroot: Path, release: str) -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import InfraError
-from harness.images.cpio import busybox_tree, copy_into, inputs_hash, pack
+from harness.images.cpio import busybox_tree, copy_into, inputs_hash, module_files, pack
 from harness.paths import REPO, cache_dir
 
 GUEST = REPO / "guest-images"
@@ -40,7 +40,6 @@ L2_MODULES = ["virtio_blk"]
 
 def l2_module_files(l2_kernel_dir: Path) -> list[Path]:
     """L2_MODULES of the kernel L2 boots (with their dependencies, in load order; built-ins are skipped)."""
-    from harness.images.l1 import module_files  # l1 imports this module
     rel = next((l2_kernel_dir / "modules/lib/modules").iterdir()).name
     return module_files(l2_kernel_dir / "modules", rel, L2_MODULES)
 

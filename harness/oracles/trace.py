@@ -27,23 +27,22 @@ from __future__ import annotations
 import gzip
 import io
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from harness.oracles import ftrace as ft
+
 # re-exported: the oracle's public names, wherever they now live
 from harness.oracles.ftrace import (HEADER_COL, STRUCT_PAGE, VMEMMAP_DEFAULT, Cut, Event, Lost, _field,  # noqa: F401
                                     _s, decode, dirty_pfn, page_pfn, parse_line, split_line, uncut)
 from harness.oracles.trace_findings import (NOISE, fate_text, findings, ledger_gfns, noise_floor,  # noqa: F401
                                             rules_json, timeline_findings, timelines)
+from harness.oracles.trace_result import MAX_EXAMPLES, MAX_GFNS, Result, RuleState  # noqa: F401
 from harness.oracles.trace_spte import (AD_DISABLED, AD_MASK, LARGE, PFN_MASK, PRESENT, VENDOR_BITS,  # noqa: F401
                                         WRITABLE, Spte, SpteLayout, decode_spte, is_dirty, layout_of)
 
 WINDOW = 4096  # lines: a pending check still unresolved this far on is late (preemption included)
 GAP_S = 200e-6  # a task's next event this long after a zap: events may have vanished in between (see docs)
-MAX_EXAMPLES = 50
-MAX_GFNS = 1 << 18  # a 1 GiB ledger's worth of 4 KiB pages
 
 # Raw event names as split_line() gives them (bytes); decode() names events by the str constants in ftrace.
 SPTE_CHANGED = ft.SPTE_CHANGED.encode()
@@ -70,45 +69,6 @@ RULE_NEEDS = {
     "R4": (ZAP_EVENTS, "reclaim_clean", "mm_page_free", "mm_vmscan_write_folio"),
 }
 RULE_SET = {"zap-time": ("R1", "R3", "R4"), "create-time": ("R2", "R3", "R4")}
-
-
-@dataclass
-class RuleState:
-    ran: bool = True
-    why: str = ""
-    checked: int = 0
-    violations: int = 0
-    examples: list = field(default_factory=list)
-    unresolved_at_end: int = 0
-    dropped_by_loss: int = 0
-    dropped_by_cut: int = 0
-    dropped_by_gap: int = 0
-    dropped_install_untraced: int = 0  # create-time R3: the pfn was mapped before tracing began
-    gfns: set = field(default_factory=set)  # every gfn with a violation (bounded): the ledger join needs them all
-
-    def violate(self, ex: dict) -> None:
-        self.violations += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(ex)
-        if ex.get("gfn") is not None and len(self.gfns) < MAX_GFNS:
-            self.gfns.add(ex["gfn"])
-
-
-@dataclass
-class Result:
-    vendor: str
-    ruleset: str
-    events: int = 0
-    lines: int = 0
-    lost_events: int = 0
-    lost_markers: int = 0
-    cut_events: int = 0  # events whose text trace_pipe cut short (seen in 6.12 under load; see docs)
-    cut_marks: int = 0  # ... of which might have been a dirty mark
-    truncated: bool = False
-    counts: dict = field(default_factory=dict)
-    rules: dict = field(default_factory=dict)
-    first_ts: str | None = None
-    last_ts: str | None = None
 
 
 class Checker:

@@ -3,14 +3,12 @@ history in the trace (timelines) and what L1 did with its page after the last za
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from harness.oracles import ftrace as ft
 from harness.oracles.ftrace import Event, Lost, Record, decode
+from harness.oracles.trace_result import Result, RuleState
 from harness.oracles.trace_spte import SpteLayout, decode_spte, layout_of
-
-if TYPE_CHECKING:
-    from harness.oracles.trace import Result, RuleState
 
 NOISE = 5e-5  # with cut lines in the trace, up to this fraction of checks may fail from silent loss (see docs)
 

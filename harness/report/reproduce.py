@@ -25,7 +25,8 @@ import yaml
 
 from harness.errors import EXIT_INFRA, EXIT_INPUT, InputError
 from harness.paths import REPO, cache_dir
-from harness.util import commit_of
+from harness.report.results import VERDICT_EXIT, load_run
+from harness.util import commit_of, write_json
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -168,6 +169,8 @@ def kernel_recipe(meta: dict) -> dict:
         rec.update(package=meta.get("package"), version=meta.get("version"), deb_sha256=meta.get("sha256"),
                    packages=(meta.get("base") or {}).get("packages", []))
         return rec
+    if rec["kind"] in ("tree", "tree-build") and (meta.get("change") or {}).get("git"):
+        return _tree_recipe(meta, rec)
     if rec["kind"] != "build" or not isinstance(meta.get("base"), dict):
         return dict(rec, kind="folder")
     problems = rec["problems"]
@@ -192,6 +195,63 @@ def kernel_recipe(meta: dict) -> dict:
     if config and config.is_file() and _file_sha(config) == meta.get("config_sha256"):
         rec["config_gz"] = gzip.compress(config.read_bytes(), 9, mtime=0)   # for a diff when they differ
     return rec
+
+
+def _tree_recipe(meta: dict, rec: dict) -> dict:
+    """A developer's tree: its HEAD commit, the uncommitted diff and the final .config, embedded; the rebuild
+    is a clone at that commit + the diff, built with exactly that .config."""
+    ch = meta["change"]
+    files, problems = [], rec["problems"]
+    if ch.get("diff_sha256"):
+        if ch.get("diff") is None:
+            problems.append(f"the uncommitted diff (sha256 {ch['diff_sha256']}, {ch.get('diff_bytes')} bytes) was "
+                            "too large to embed in run.json")
+        else:
+            files.append(("change.diff", ch["diff"].encode()))
+    config = Path(str(meta.get("dir", ""))) / "config"
+    if config.is_file():
+        files.append(("tree.config", config.read_bytes()))
+    else:
+        problems.append(f"the kernel's .config ({config}) is gone: no config to rebuild with")
+    rec.update(kind="tree", files=files, config_sha256=meta.get("config_sha256") or _file_sha(config),
+               tree={"repo": ch.get("repo"), "path": ch.get("path"), "commit": (ch.get("head") or {}).get("sha"),
+                     "describe": ch.get("describe"), "diff_sha256": ch.get("diff_sha256")})
+    return rec
+
+
+_TREE = r'''
+git_src=${HARNESS_TREE_GIT:-$TREE_GIT}
+git -C "$git_src" rev-parse --git-dir >/dev/null 2>&1 || die 2 "the tree's repository $git_src is not here (set HARNESS_TREE_GIT to a clone holding $TREE_COMMIT)"
+src="$work/src"
+[ -d "$src/.git" ] || git clone -q --shared --no-checkout "$git_src" "$src" || die 3 "git clone $git_src failed"
+git -C "$src" cat-file -e "$TREE_COMMIT^{commit}" 2>/dev/null || die 2 "commit $TREE_COMMIT ($TREE_DESCRIBE) is not in $git_src (push it there, or set HARNESS_TREE_GIT)"
+git -C "$src" -c advice.detachedHead=false checkout -q -f --detach "$TREE_COMMIT"
+git -C "$src" clean -q -f -d
+if [ -f "$work/change.diff" ]; then
+  git -C "$src" apply --binary "$work/change.diff" || mismatch "the embedded uncommitted diff does not apply on $TREE_COMMIT"
+fi
+echo "reproduce.sh: building $TREE_DESCRIBE with the run's .config (olddefconfig only)" >&2
+art=$("$py" -c 'import sys; from pathlib import Path; from harness.kernel.tree import tree_kernel
+print(tree_kernel(Path(sys.argv[1]), True, config_file=Path(sys.argv[2])))' "$src" "$work/tree.config") || die $? "the kernel build failed"
+art=$(printf '%s\n' "$art" | tail -n 1)
+got=$(sha256sum "$art/config" | cut -d' ' -f1)
+if [ "$got" != "$CONFIG_SHA256" ]; then
+  diff "$work/tree.config" "$art/config" | grep '^[<>]' | head -n 20 >&2 || :
+  mismatch "built .config sha256 $got differs from the run's $CONFIG_SHA256 ($art/config)"
+fi
+"$py" - "$art/meta.json" "$TREE_COMMIT" "$DIFF_SHA256" <<'PY' || mismatch "the rebuilt tree is not the run's change (see above)"
+import json, sys
+ch = json.load(open(sys.argv[1])).get("change") or {}
+got = ((ch.get("head") or {}).get("sha"), ch.get("diff_sha256") or "")
+if got != (sys.argv[2], sys.argv[3]):
+    print(f"reproduce.sh: rebuilt commit/diff {got}, the run's {(sys.argv[2], sys.argv[3])}", file=sys.stderr)
+    sys.exit(1)
+PY
+echo "reproduce.sh: kernel $art: commit, uncommitted diff and .config sha256 match" >&2
+rc=0
+harness run "$work/scenario.yaml" --kernel "$art" --seed "$SEED" "$@" || rc=$?
+exit $rc
+'''
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -430,6 +490,8 @@ def _script(run: dict, meta: dict) -> str:
     overrides = [ov for ov in run.get("overrides", []) if not ov.startswith("seed=")]
     sets = " ".join(f"--set {shlex.quote(ov)}" for ov in overrides)
     argv_note = {"debian-prebuilt": "original kernel argument: none (Debian's prebuilt)",
+                 "tree": f"the tree {(rec.get('tree') or {}).get('repo')} at {(rec.get('tree') or {}).get('describe')}"
+                         " (commit + uncommitted diff + .config embedded)",
                  "debian-package": f"original kernel argument: --kernel debian:{meta.get('version')}"}.get(
         rec["kind"], f"original kernel argument: --kernel {meta.get('dir')}")
     resolved = yaml.safe_dump(json.loads(json.dumps(run.get("scenario", {}), default=str)), sort_keys=False)
@@ -465,6 +527,11 @@ def _script(run: dict, meta: dict) -> str:
         parts.append(f"CONFIG_SHA256={_shell_str(rec['config_sha256'])}\nKERNEL_KEY={_shell_str(rec['key'])}\n"
                      f"BASE_ID={_shell_str(rec['base'].get('id'))}\n"
                      f"COMPILER={_shell_str(rec.get('compiler'))}\n" + _BUILD)
+    elif rec["kind"] == "tree":
+        t = rec["tree"]
+        parts.append(f"TREE_GIT={_shell_str(t['path'])}\nTREE_COMMIT={_shell_str(t['commit'])}\n"
+                     f"TREE_DESCRIBE={_shell_str(t['describe'])}\nDIFF_SHA256={_shell_str(t['diff_sha256'] or '')}\n"
+                     f"CONFIG_SHA256={_shell_str(rec['config_sha256'])}\n" + _TREE)
     elif rec["kind"] == "debian-prebuilt":
         parts.append(f"PACKAGE={_shell_str(rec['package'])}\nVERSION={_shell_str(rec['version'])}\n"
                      f"DEB={_shell_str(rec['deb'])}\nDEB_SHA256={_shell_str(rec.get('deb_sha256') or '')}\n"
@@ -531,7 +598,6 @@ def cli_reproduce(run_dir: str, tries: int = 1) -> int:
     """Rerun RUN_DIR/reproduce.sh `tries` times (reruns go to RUN_DIR/reproductions/), print "reproduced k/N",
     record the reproduction block in run.json. Exit: the original verdict's code when it reproduced at least
     once, else the last rerun's."""
-    from harness.report.results import VERDICT_EXIT, load_run, write_json
     rd = Path(run_dir)
     script = rd / "reproduce.sh"
     if not script.exists():

@@ -16,7 +16,6 @@ from harness.report.junit import run_junit
 from harness.report.ktap import write_run_ktap
 from harness.report.plots import run_plots
 from harness.util import atomic_write, write_json  # noqa: F401 (callers import them from here too)
-from harness.report.reproduce import cli_reproduce, reproduce_script, reproduce_sh  # noqa: F401 (moved there)
 
 SCHEMA = 1
 VERDICT_EXIT = {"pass": EXIT_PASS, "finding": EXIT_FINDING, "infra-error": EXIT_INFRA, "input-error": EXIT_INPUT}

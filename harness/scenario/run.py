@@ -22,8 +22,8 @@ from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
 from harness.oracles import judge as judge_mod
 from harness.paths import REPO, results_root
 from harness.util import change_identity
-from harness.report.results import (VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, reproduce_script,
-                                    summary_text, write_json)
+from harness.report.reproduce import reproduce_script
+from harness.report.results import VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, summary_text, write_json
 from harness.report.ktap import write_run_ktap as write_ktap
 from harness.report.plots import run_plots
 from harness.report.progress import RunProgress

@@ -75,7 +75,7 @@ def test_l2_image_is_cached_by_its_inputs(tmp_path, monkeypatch):
 
 
 def test_reproduce_script_carries_seed_overrides_and_kernel():
-    from harness.report.results import reproduce_sh
+    from harness.report.reproduce import reproduce_sh
     run = {"run_id": "r", "verdict": "finding", "scenario": {"seed": 3}, "scenario_yaml": "seed: 1\n",
            "overrides": ["ledger.rounds=2", "seed=3"], "kernel": {"release": "6.12"}}
     sh = reproduce_sh(["--kernel", "/k"], run)
