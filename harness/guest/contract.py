@@ -58,14 +58,18 @@ MICRO_STEPS = ("guest-write", "pageout", "reclaim", "host-read", "guest-read", "
 # The names are the contract with guest-images/microvm (its `microvm --list` prints NAME<TAB>description; a unit
 # test keeps this table equal to it).  Each stages one window of the lost-write race.
 CHOREOGRAPHIES: dict[str, str] = {
-    "write-pageout-read-write": "guest writes g, page out, guest reads g (swap-in on a read fault: writable but "
-                                "clean host PTE), guest writes g+1, page out, verify g+1 (the RFC's race)",
-    "host-read-prefetch": "page out an 8-gfn group, the VMM reads it (swap-in with no SPTE), the guest faults one "
-                          "gfn (shadow-MMU prefetch maps the neighbours), writes the neighbours, page out, verify",
-    "readonly-then-write": "never-written or KSM-merged pages mapped read-only by the host, written by the guest, "
-                           "page out, verify",
-    "dirty-log": "dirty logging on the data slot: every page the guest wrote since the last harvest must be in "
-                 "KVM_GET_DIRTY_LOG's bitmap, whatever reclaim did in between",
+    "write-pageout-read-write": "write, page out, read fault after swap-out (writable-clean host PTE, writable "
+                                "SPTE), write with no fault, page out, verify: the zap must dirty the folio",
+    "host-read-prefetch": "page out, host reads swap the batch in (no SPTE), guest faults one gfn per 8-gfn group "
+                          "(shadow-MMU prefetch maps the neighbours), writes the neighbours, page out, verify",
+    "dirty-log": "dirty logging on; write, page out, harvest, read after swap-out, write, page out, harvest: every "
+                 "written page must be in KVM_GET_DIRTY_LOG, and verify",
+    "readonly-then-write": "never-written pages read by the guest (zero page, read-only SPTE), then written (COW), "
+                           "page out, read after swap-out, write, page out, verify",
+    "thp-collapse": "THP backend: write, page out, read after swap-out, MADV_COLLAPSE, verify, write (2 MiB SPTE), "
+                    "page out, verify",
+    "thp-split": "THP backend: write a THP (2 MiB SPTE), page out 8 of its pages (split), verify, write, page out, "
+                 "read after swap-out, write, page out, verify",
 }
 MICRO_BACKENDS = ("anon", "thp", "memfd", "file")
 MICRO_DATA_FILE = "/run/microvm.data"  # the `file` backend's file in L1's tmpfs

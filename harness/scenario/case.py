@@ -1,4 +1,5 @@
-"""The scenario stage: one case, images → L1 boot → L1 set-up → L2 + ledger under reclaim → end-of-run facts.
+"""The scenario stage: one case, images → L1 boot → L1 set-up → the guest (a Linux L2 + ledger under reclaim, or
+the micro-guest VMM's choreographies: harness.guest) → end-of-run facts.
 
 `run_case` fills a `CaseEvidence` and returns it whatever happens (an error that ends the case early is one of
 its facts); it decides nothing: the judge (harness.oracles.judge) does.
@@ -15,11 +16,12 @@ from pathlib import Path
 from harness.config import Scenario
 from harness.errors import HarnessError, InfraError
 from harness.evidence import CaseEvidence, Finding, infra
-from harness.images.l1 import build_l1_image
-from harness.images.l2 import build_l2_image
-from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
+from harness.guest import guest_for
+from harness.guest.base import Guest
+from harness.guest.contract import MICRO_STEPS_FILE
 from harness.oracles import judge as judge_mod
 from harness.oracles import ledger as ledger_oracle
+from harness.oracles import micro as micro_oracle
 from harness.report.progress import RunProgress
 from harness.report.results import atomic_write
 from harness.scenario import l1host
@@ -29,13 +31,11 @@ from harness.vm.l1boot import boot_l1
 from harness.vm.ssh import L1Shell, key_cmdline_arg, make_run_key
 
 RECORDED = ("l1-console.log", "l1-dmesg.log", "l2-console.log", "l2-result.log", "l2-qemu.log", "vmstat.csv",
-            "trace.txt.gz", "ledger.jsonl")
+            "trace.txt.gz", "ledger.jsonl", "micro-out.log", "micro-err.log", MICRO_STEPS_FILE)
 
 
 def new_evidence(s: Scenario, case: str, patch: str | None) -> CaseEvidence:
-    return CaseEvidence(case=case, l2_fault=s.l2_fault, selftest_pages=s.ledger.selftest_pages,
-                        min_pswpout=s.thresholds.min_pswpout, min_swap_ra_hit=s.thresholds.min_swap_ra_hit,
-                        dma_frac=s.ledger.dma_frac,
+    return CaseEvidence(case=case, guest=s.guest, l2_fault=s.l2_fault, **guest_for(s).evidence_knobs(),
                         patch_under_test=patch,
                         info={"accel": {}, "l1": {}, "l2": {}, "timings": {}, "kernel_meta": {}})
 
@@ -78,14 +78,10 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
     log(f"accelerator: {accel.mode} ({accel.reason})")
     t = time.monotonic()
     log.phase("images")
-    # L2 is only the guest: it always runs Debian's prebuilt 6.12 (memory hotplug for its data node, NUMA), so
-    # that every kernel under test (L1) faces the same guest.
-    l2_kdir = ensure_prebuilt_kernel()
-    l2img = build_l2_image(l2_kdir)
-    l1img = build_l1_image(kdir, meta["release"], l2img, l2_kdir / "bzImage")
+    guest = guest_for(s)
+    l1img, info["images"] = guest.l1_image(kdir, meta["release"])
+    info["images"]["l1_bytes"] = l1img.initramfs.stat().st_size
     timings["images_s"] = round(time.monotonic() - t, 2)
-    info["images"] = {"l1": l1img.key, "l2": l2img.key, "l1_modules": l1img.modules,
-                      "l2_kernel": load_kernel_dir(l2_kdir).get("release")}
     with tempfile.TemporaryDirectory(prefix="harness-swap-") as swapdir:
         swap = None
         if s.swap.kind == "disk":
@@ -104,7 +100,7 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
         sh = L1Shell(vm.ssh_port, key, l1img.host_key_pub, default_timeout=s.timeouts.l1_cmd_s * accel.timeout_scale)
         try:
             timings["ssh_s"] = round(sh.connect(60 * accel.timeout_scale, vm.alive), 2)
-            _drive_l1(s, ev, cdir, sh, vm, accel.timeout_scale, t0 + s.timeouts.total_s, t0, log)
+            _drive_l1(s, guest, ev, cdir, sh, vm, accel.timeout_scale, t0 + s.timeouts.total_s, t0, log)
         except InfraError as e:
             state = qemu.process_state(vm)  # name the cause when L1 itself is stopped or gone
             raise InfraError(f"{state}: {e}" if state else str(e)) from None
@@ -146,24 +142,29 @@ def _setup_l1(s: Scenario, ev: CaseEvidence, sh: L1Shell, scale: float, log) -> 
         raise InfraError(f"{l1['kvm_module']} loaded without nested support")
 
 
-def _drive_l1(s: Scenario, ev: CaseEvidence, cdir: Path, sh: L1Shell, vm, scale: float, deadline: float,
-              t0: float, log) -> None:
+def _drive_l1(s: Scenario, guest: Guest, ev: CaseEvidence, cdir: Path, sh: L1Shell, vm, scale: float,
+              deadline: float, t0: float, log) -> None:
     _setup_l1(s, ev, sh, scale, log)
     before = l1host.parse_vmstat(sh.run("cat /proc/vmstat"))
     tracer = None
     if s.trace.enabled:
         from harness.scenario.tracing import TraceCapture
-        # Armed when L2's init starts, not before L2's boot: per-fault kprobes (create-time rules) doubled L2's
-        # boot under TCG (22.6 s -> 49.9 s, measured), and the ledger's pages are not touched before its start.
-        tracer = TraceCapture(sh, s, cdir, {"kernel": ev.info["kernel_meta"], "l1": ev.info["l1"]})
+        # A Linux L2's capture is armed when its init starts, not before its boot: per-fault kprobes (create-time
+        # rules) doubled L2's boot under TCG (22.6 s -> 49.9 s, measured), and the ledger's pages are not touched
+        # before its start.  The micro-guest's is armed before it starts: it finds within a second.
+        tracer = TraceCapture(sh, s, cdir, {"kernel": ev.info["kernel_meta"], "l1": ev.info["l1"]},
+                              gfn_range=guest.trace_gfn_range(),
+                              armed_at="before-start" if guest.arm_trace_before_start else "l2-init")
+        if guest.arm_trace_before_start:
+            tracer.start()
     t_l2 = time.monotonic()
-    sh.run(f"{l1host.env_prefix(l1host.start_l2_env(s))} /harness/start-l2.sh", timeout=60 * scale)
-    log(f"L2 started: {s.l2_memory_mb} MiB RAM ({s.memory_backend}), cgroup memory.max={s.memory_max_mb} MiB, "
-        f"ledger {s.ledger.size_mb} MiB x {s.ledger.rounds} rounds")
-    log.phase("L2 boot")
-    mon = l1host.Monitor(sh, s, cdir / "l2-console.log", cdir / "vmstat.csv", scale, t0, log.ledger,
-                         on_l2_up=tracer.start if tracer else None, l1_state=lambda: qemu.process_state(vm),
-                         on_sample=log.sample)
+    sh.run(guest.start_command(), timeout=60 * scale)
+    log(guest.started_message())
+    log.phase("L2 boot" if guest.kind == "linux" else "guest start")
+    mon = l1host.Monitor(sh, s, cdir / guest.files.stream_local, cdir / "vmstat.csv", scale, t0, log.ledger,
+                         on_l2_up=tracer.start if tracer and not guest.arm_trace_before_start else None,
+                         l1_state=lambda: qemu.process_state(vm), on_sample=log.sample, files=guest.files,
+                         settle_s=guest.settle_s, sample_s=guest.sample_s)
     try:
         mon.run(t_l2, deadline)
     finally:
@@ -171,7 +172,7 @@ def _drive_l1(s: Scenario, ev: CaseEvidence, cdir: Path, sh: L1Shell, vm, scale:
             tracer.stop()
         _monitor_facts(ev, mon, t_l2, t0)
     log.phase("collect")
-    res = _collect_end(ev, cdir, sh, before)
+    res = _collect_end(ev, guest, cdir, sh, before)
     if tracer:
         ev.trace_findings = [Finding(**f) for f in tracer.judge(res)]
         ev.trace = tracer.run.get("trace", {})
@@ -193,15 +194,14 @@ def _monitor_facts(ev: CaseEvidence, mon: l1host.Monitor, t_l2: float, t0: float
                      "injected": mon.scenario.inject if mon.injected else None}
 
 
-def _collect_end(ev: CaseEvidence, cdir: Path, sh: L1Shell, before: dict) -> ledger_oracle.LedgerResult:
+def _collect_end(ev: CaseEvidence, guest: Guest, cdir: Path, sh: L1Shell, before: dict) -> ledger_oracle.LedgerResult:
     """End-of-run state from L1.  A fact that cannot be read is recorded as unavailable (an infra finding).
     Returns the ledger as recorded (the trace oracle joins its bad pages with their timelines)."""
     got: dict[str, str] = {}
     missing = []
     for name, cmd in (("vmstat", "cat /proc/vmstat"), ("taint", "cat /proc/sys/kernel/tainted"),
-                      ("memory.events", "cat /sys/fs/cgroup/l2/memory.events"), ("swaps", "cat /proc/swaps"),
-                      ("dmesg", "dmesg"), ("l2-result", "cat /run/l2-result.log 2>/dev/null"),
-                      ("l2-qemu", "cat /run/l2-qemu.log 2>/dev/null")):
+                      ("memory.events", f"cat {guest.files.cgroup}/memory.events"), ("swaps", "cat /proc/swaps"),
+                      ("dmesg", "dmesg"), *guest.collect_commands().items()):
         out, why = sh.try_run(cmd)
         if out is None:
             missing.append(name)
@@ -218,12 +218,17 @@ def _collect_end(ev: CaseEvidence, cdir: Path, sh: L1Shell, before: dict) -> led
                          memory_events=ev.l1.memory_events, swaps=got.get("swaps"), swap_peak_frac=ev.l1.swap_peak_frac)
     if "dmesg" in got:
         atomic_write(cdir / "l1-dmesg.log", got["dmesg"])
-    if got.get("l2-result"):
-        atomic_write(cdir / "l2-result.log", got["l2-result"])
+    f = guest.files
+    if f.result_local and got.get(f.result_local):
+        atomic_write(cdir / f.result_local, got[f.result_local])
         ev.l2.result_channel = True
-    if got.get("l2-qemu"):
-        atomic_write(cdir / "l2-qemu.log", got["l2-qemu"])
-        ev.l2.qemu_log_tail = got["l2-qemu"].strip()[-200:]
-    res = ledger_oracle.parse_console(judge_mod.ledger_stream(ev, judge_mod.load_logs(cdir)))
+    if got.get(f.log_local):
+        atomic_write(cdir / f.log_local, got[f.log_local])
+        ev.l2.qemu_log_tail = got[f.log_local].strip()[-200:]
+    logs = judge_mod.load_logs(cdir)
+    res = ledger_oracle.parse_console(judge_mod.ledger_stream(ev, logs))
     atomic_write(cdir / "ledger.jsonl", "".join(json.dumps(e) + "\n" for e in res.events))
+    if guest.kind == "micro":  # the choreography's steps, on the ledger's clock (the trace timeline joins them)
+        steps = micro_oracle.parse_output(logs.micro_out).events()
+        atomic_write(cdir / MICRO_STEPS_FILE, "".join(json.dumps(e) + "\n" for e in steps))
     return res

@@ -143,7 +143,7 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
     if meta.get("change"):                  # a developer's tree: its commits and uncommitted diff, named
         from harness.kernel.change import change_label
         patch = change_label(meta["change"])
-    progress = RunProgress(rd.run_id, s.ledger.rounds, err)
+    progress = RunProgress(rd.run_id, s.workload_rounds, err)
     progress(f"run {rd.run_id}: kernel {meta.get('release')} ({meta.get('source')})")
     verdict, interrupted, infra_events, attempt1_s = None, False, [], None
     with WallClock(s.timeouts.total_s) as wall:

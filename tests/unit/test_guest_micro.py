@@ -188,3 +188,30 @@ def test_linux_run_ignores_micro_files():
     ev = micro_ev(guest="linux", min_swap_ra_hit=0, min_pswpout=0)
     j = judge(ev, CaseLogs(micro_out=micro_out(stale=4)))
     assert "stale" not in {f.kind for f in j.findings}
+
+
+def test_contract_choreographies_match_microvm_list():
+    """The contract's table is the VMM's own list (`microvm --list`), built from guest-images/microvm."""
+    from harness.images.microvm import build_microvm, list_choreographies
+    assert parse_list_output(list_choreographies(build_microvm())) == CHOREOGRAPHIES
+
+
+def trace_rules(**checked) -> dict:
+    return {"enabled": True, "rules": {r: {"ran": True, "events_checked": n, "violations": 0}
+                                       for r, n in checked.items()}}
+
+
+@pytest.mark.parametrize("guest,checked,verdict", [
+    ("micro", {"R1": 5120, "R3": 1024, "R4": 0}, "pass"),  # R4 has nothing to follow on a clean kernel
+    ("micro", {"R1": 0, "R3": 1024, "R4": 0}, "infra-error"),  # R1 must still check events
+    ("linux", {"R1": 5120, "R3": 1024, "R4": 0}, "infra-error"),
+])
+def test_vacuous_trace_rules_per_guest(guest, checked, verdict):
+    kw = {"trace": trace_rules(**checked)}
+    if guest == "linux":
+        kw |= {"guest": "linux", "l1": L1Facts(taint_before=0, taint_after=0,
+                                               vmstat_delta={"pswpout": 9, "swap_ra_hit": 9}), "min_pswpout": 0}
+        logs = CaseLogs(l2_result=micro_out().replace("HARNESS-MICRO: exit 0", "HARNESS-L2: ledger-exit 0"))
+    else:
+        logs = CaseLogs(micro_out=micro_out())
+    assert judge(micro_ev(**kw), logs).verdict == verdict
