@@ -20,8 +20,23 @@ import sys
 import time
 from pathlib import Path
 
-from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_PASS, HarnessError, InfraError, InputError
-from harness.fleet.bisect import BAD, GOOD, INFRA, MORE, SKIP, STATUS_EXIT, drive, step_state
+from harness.errors import (
+    EXIT_FINDING,
+    EXIT_INFRA,
+    EXIT_PASS,
+    HarnessError,
+    InfraError,
+    InputError,
+)
+from harness.fleet.bisect import (
+    BAD,
+    INFRA,
+    MORE,
+    SKIP,
+    STATUS_EXIT,
+    drive,
+    step_state,
+)
 from harness.kernel import change as change_mod
 from harness.paths import cache_dir
 from harness.report.results import RunDir, atomic_write, write_json
@@ -83,7 +98,7 @@ CHECK_EXIT = {"findings": EXIT_FINDING, "clean": EXIT_PASS, "incomplete": EXIT_I
 # the clone and one step's kernel
 # ----------------------------------------------------------------------------------------------------------
 def _git(repo: Path, *args: str, check: bool = True) -> str:
-    r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    r = subprocess.run(["git", "-C", str(repo), *args], check=False, capture_output=True, text=True)
     if check and r.returncode != 0:
         raise InputError(f"git {' '.join(args[:2])} in {repo}: {(r.stderr or r.stdout).strip()[-300:]}")
     return r.stdout.strip()
@@ -116,7 +131,12 @@ class Range:
 
     def artifact(self, sha: str) -> Path:
         """Build (or take from the cache) the kernel of one commit; InputError/InfraError as the build says."""
-        from harness.kernel.treebuild import base_config, build_source, kconfig_digest, tree_files
+        from harness.kernel.treebuild import (
+            base_config,
+            build_source,
+            kconfig_digest,
+            tree_files,
+        )
         if isinstance(self.built.get(sha), Path):
             return self.built[sha]
         self.ensure_clone()
@@ -216,8 +236,8 @@ def bisect_summary(doc: dict) -> str:
                      "of: " + ", ".join(f"{c['sha'][:12]} {c['subject']}" for c in doc.get("candidates", []))
             }.get(st, st)
     L = [f"bisect: {head}",
-         f"repo {doc['repo']}  good {doc['good'][:12]}  bad {doc['bad'][:12]}  {len(doc['commits'])} commits  "
-         f"scenario {doc['scenario']}  repeats {doc['repeats']}",
+         (f"repo {doc['repo']}  good {doc['good'][:12]}  bad {doc['bad'][:12]}  {len(doc['commits'])} commits  "
+         f"scenario {doc['scenario']}  repeats {doc['repeats']}"),
          f"overrides {' '.join(doc['overrides']) or '-'}"]
     for s in doc["steps"]:
         c = s["commit"]
@@ -268,7 +288,7 @@ def git_bisect(repo: str, good: str, bad: str | None, scen_path: Path, overrides
                defconfig: str | None, root: Path) -> dict:
     rng, overrides = _prepare(repo, defconfig, good, scen_path, overrides, repeats)
     good_sha, bad_sha = rng.sha(good), rng.sha(bad or "HEAD")
-    if subprocess.run(["git", "-C", str(rng.repo), "merge-base", "--is-ancestor", good_sha, bad_sha]).returncode:
+    if subprocess.run(["git", "-C", str(rng.repo), "merge-base", "--is-ancestor", good_sha, bad_sha], check=False).returncode:
         raise InputError(f"--good {good} is not an ancestor of --bad {bad or 'HEAD'}")
     commits = change_mod.commits_between(rng.repo, good_sha, bad_sha)
     if not commits:
@@ -316,8 +336,8 @@ def check_summary(doc: dict) -> str:
             "clean": f"all {len(doc['rows'])} commits are good",
             "incomplete": "incomplete: some commits could not be judged (see SKIP/INFRA)"}.get(doc["status"],
                                                                                              doc["status"])
-    L = [f"check: {head}", f"repo {doc['repo']}  range {doc['range']}  scenario {doc['scenario']}  "
-                           f"repeats {doc['repeats']}"]
+    L = [f"check: {head}", (f"repo {doc['repo']}  range {doc['range']}  scenario {doc['scenario']}  "
+                           f"repeats {doc['repeats']}")]
     for r in doc["rows"]:
         L.append(f"  {marks.get(r['state'], r['state']):<5} {r['index']:>3} {r['sha'][:12]} {r['subject']} "
                  f"({r['author']})  runs: {' '.join(r['verdicts']) or '-'}")

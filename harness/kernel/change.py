@@ -20,7 +20,7 @@ DIFF_EMBED_MAX = 8 << 20       # an uncommitted diff bigger than this is named b
 
 def _git(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")
-    r = subprocess.run(["git", "-C", str(path), *args], capture_output=True, env=env)
+    r = subprocess.run(["git", "-C", str(path), *args], check=False, capture_output=True, env=env)
     if check and r.returncode != 0:
         raise InputError(f"git {' '.join(args[:2])} in {path}: "
                          f"{r.stderr.decode(errors='replace').strip()[-300:] or 'failed'}")

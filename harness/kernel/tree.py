@@ -20,26 +20,28 @@ what an in-place build would.  Nothing in PATH (or its .git) is ever written.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
-import lzma
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
-from harness.errors import InfraError, InputError
+from harness.errors import InputError
 from harness.kernel import change as change_mod
 from harness.kernel import kconfig
-from harness.kernel.source import file_lock, makefile_version, sha256_file
-from harness.paths import REPO, cache_dir
+from harness.kernel.artifact import (
+    HARNESS_FRAGMENTS,
+    _finish,
+    _kernels,
+    normalize_modules,
+    slug,
+)
+from harness.kernel.source import sha256_file
+from harness.kernel.treebuild import build_tree
+from harness.paths import REPO
 
-HARNESS_FRAGMENTS = ("kvm-host.config", "tracing.config")
-MINIMAL_FRAGMENT = "minimal-l1.config"
 # requested by kvm-host.config to make the harness's own builds small and quick, not needed to run
 SPEED_ONLY = {"CONFIG_DEBUG_INFO_NONE"}
 
@@ -104,75 +106,6 @@ def check_config(config: Path, tree: Path | None = None) -> None:
                        "make olddefconfig && make -j$(nproc) bzImage modules")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# modules: any compression in, plain .ko out (busybox modprobe in L1 reads only plain modules)
-# ----------------------------------------------------------------------------------------------------------
-def _decompress(path: Path) -> Path:
-    out = path.with_suffix("")                   # x.ko.zst -> x.ko
-    if path.suffix == ".xz":
-        data = lzma.decompress(path.read_bytes())
-    elif path.suffix == ".gz":
-        data = gzip.decompress(path.read_bytes())
-    else:
-        r = subprocess.run(["zstd", "-q", "-d", "-c", str(path)], capture_output=True)
-        if r.returncode != 0:
-            raise InputError(f"cannot decompress {path} (zstd: {r.stderr.decode(errors='replace').strip()}; "
-                             "apt-get install zstd)")
-        data = r.stdout
-    out.write_bytes(data)
-    path.unlink()
-    return out
-
-
-def normalize_modules(modroot: Path, release: str) -> int:
-    """Decompress every .ko.{zst,gz,xz} under modroot/lib/modules/<release> and run depmod; returns how many
-    were compressed.  A module that cannot be read is an input error (exit 2), never an infrastructure one."""
-    from harness.kernel.debian import depmod
-    mdir = modroot / "lib/modules" / release
-    n = 0
-    for f in sorted(mdir.rglob("*.ko.*")):
-        if f.suffix in (".zst", ".gz", ".xz"):
-            try:
-                _decompress(f)
-            except (OSError, lzma.LZMAError, EOFError) as e:
-                raise InputError(f"module {f.name} cannot be decompressed: {e}") from None
-            n += 1
-    for link in ("build", "source"):
-        if (mdir / link).is_symlink():
-            (mdir / link).unlink()
-    depmod(modroot, release)
-    return n
-
-
-# ----------------------------------------------------------------------------------------------------------
-# artifacts
-# ----------------------------------------------------------------------------------------------------------
-def _kernels() -> Path:
-    d = cache_dir() / "kernels"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _finish(tmp: Path, key: str, meta: dict) -> Path:
-    """meta.json into tmp, tmp renamed to cache/kernels/<key> (an existing one with the same key wins)."""
-    final = _kernels() / key
-    meta = dict(meta, key=key, built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "meta.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def slug(path: Path) -> str:
-    path = Path(path).resolve()
-    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in path.name)[:40] or "tree"
-    return f"tree-{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
-
-
 def _release(tree: Path) -> str:
     f = tree / "include/config/kernel.release"
     if not f.is_file():
@@ -215,7 +148,7 @@ def built_tree_kernel(tree: Path, change: dict, log=print) -> Path:
         if _modules_expected(cfg_text):
             log(f"installing the modules of {tree} (make modules_install INSTALL_MOD_PATH=<cache>)")
             r = subprocess.run(["make", "-s", "-C", str(tree), f"INSTALL_MOD_PATH={mods}", "INSTALL_MOD_STRIP=1",
-                                "DEPMOD=/bin/true", "modules_install"], capture_output=True, text=True)
+                                "DEPMOD=/bin/true", "modules_install"], check=False, capture_output=True, text=True)
             if r.returncode != 0:
                 raise InputError(f"make modules_install in {tree} failed: {(r.stderr or r.stdout).strip()[-400:]}")
         (mods / "lib/modules" / release).mkdir(parents=True, exist_ok=True)
@@ -326,7 +259,6 @@ def tree_kernel(path: Path, build: bool, defconfig: str | None = None, base: str
     if not change.get("git"):
         raise InputError(f"--tree {path} --build: not a git tree (the build copies its tracked and untracked "
                          "files and names the change by commit + diff)")
-    from harness.kernel.treebuild import build_tree
     return build_tree(path, change, defconfig, log, config_file)
 
 

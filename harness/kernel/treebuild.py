@@ -18,9 +18,16 @@ from pathlib import Path
 
 from harness.errors import InputError
 from harness.kernel import kconfig
+from harness.kernel.artifact import (
+    HARNESS_FRAGMENTS,
+    MINIMAL_FRAGMENT,
+    _finish,
+    _kernels,
+    normalize_modules,
+    slug,
+)
 from harness.kernel.build import compiler_version, make_vars, run_logged
 from harness.kernel.source import file_lock, makefile_version, sha256_file
-from harness.kernel.tree import HARNESS_FRAGMENTS, MINIMAL_FRAGMENT, _finish, _kernels, normalize_modules, slug
 from harness.paths import REPO, cache_dir
 
 BUILD_TARGETS = ["bzImage", "modules"]
@@ -35,7 +42,7 @@ def _h(obj) -> str:
 # ----------------------------------------------------------------------------------------------------------
 def tree_files(path: Path) -> list[str]:
     """Tracked and untracked, not ignored files of the working tree that exist (what a build of it reads)."""
-    r = subprocess.run(["git", "-C", str(path), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    r = subprocess.run(["git", "-C", str(path), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], check=False,
                        capture_output=True, env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"))
     if r.returncode != 0:
         raise InputError(f"git ls-files in {path}: {r.stderr.decode(errors='replace').strip()[-300:]}")
@@ -140,7 +147,7 @@ def configure(src: Path, staging: Path, start: Path, frags: list[Path], kdigest:
 def _olddefconfig(src: Path, staging: Path, start: Path, mv: list[str]) -> str:
     staging.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(start, staging / ".config")
-    r = subprocess.run(["make", "-s", "-C", str(src), f"O={staging}", *mv, "olddefconfig"], capture_output=True,
+    r = subprocess.run(["make", "-s", "-C", str(src), f"O={staging}", *mv, "olddefconfig"], check=False, capture_output=True,
                        text=True)
     if r.returncode != 0:
         raise InputError(f"make olddefconfig of {start} failed: {(r.stderr or r.stdout).strip()[-600:]}")

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from harness.kernel import change
-from tests.conftest import REPO
 from tests.unit.test_reproduce import a_run, sh
 
 

@@ -15,8 +15,7 @@ import pytest
 from harness.errors import InputError
 from harness.kernel import change, kconfig, tree, treebuild
 
-GOOD_CONFIG = "\n".join(["CONFIG_VIRTUALIZATION=y", "CONFIG_KVM=m", "CONFIG_KVM_AMD=m", "CONFIG_KVM_INTEL=m",
-                         "CONFIG_MODULES=y", "CONFIG_SWAP=y"]) + "\n"
+GOOD_CONFIG = "CONFIG_VIRTUALIZATION=y\nCONFIG_KVM=m\nCONFIG_KVM_AMD=m\nCONFIG_KVM_INTEL=m\nCONFIG_MODULES=y\nCONFIG_SWAP=y" + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- .config check
@@ -40,10 +39,10 @@ def test_config_gaps_one_line_per_symbol_with_the_fix():
     gaps = tree.config_gaps("CONFIG_KVM=y\nCONFIG_SWAP=y\n# CONFIG_KPROBES is not set\n", reqs, "/t/.config")
     assert gaps == [
         "CONFIG_KVM: needs m (kvm-host.config), .config has y; fix: scripts/config --file /t/.config --module KVM",
-        "CONFIG_ZRAM: needs m (kvm-host.config), .config has absent; fix: scripts/config --file /t/.config "
-        "--module ZRAM",
-        "CONFIG_KPROBES: needs y (tracing.config), .config has not set; fix: scripts/config --file /t/.config "
-        "--enable KPROBES"]
+        ("CONFIG_ZRAM: needs m (kvm-host.config), .config has absent; fix: scripts/config --file /t/.config "
+        "--module ZRAM"),
+        ("CONFIG_KPROBES: needs y (tracing.config), .config has not set; fix: scripts/config --file /t/.config "
+        "--enable KPROBES")]
 
 
 def test_fix_command_for_a_value():
@@ -78,8 +77,8 @@ def test_parse_log():
     ({"kind": "tree", "repo": "linux", "describe": "v7.2-3-gabc-dirty", "head": {"sha": "abc", "subject": "s"},
       "base": "v7.2", "commits": [{"sha": "1" * 40, "subject": "a"}, {"sha": "2" * 40, "subject": "b"}],
       "diff_sha256": "f" * 64, "diff_files": 2}, [],
-     "linux v7.2-3-gabc-dirty (s); 2 commits since v7.2: 111111111111 a; 222222222222 b; "
-     "+ uncommitted diff sha256 ffffffffffffffff (2 file(s))"),
+     ("linux v7.2-3-gabc-dirty (s); 2 commits since v7.2: 111111111111 a; 222222222222 b; "
+     "+ uncommitted diff sha256 ffffffffffffffff (2 file(s))")),
 ])
 def test_change_label(ch, patches, want):
     assert change.change_label(ch, patches) == want
@@ -247,19 +246,19 @@ def test_external_bzimage_with_a_gzip_modules_tarball(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- options
 def _run_args(**kw):
-    base = dict(cmd="run", scenario=None, kernel=None, build=None, tree=None, defconfig=None, base=None,
-                modules=None, upto=None)
+    base = {"cmd": "run", "scenario": None, "kernel": None, "build": None, "tree": None, "defconfig": None, "base": None,
+                "modules": None, "upto": None}
     return argparse.Namespace(**(base | kw))
 
 
 @pytest.mark.parametrize("kw,err", [
-    (dict(build=tree.TREE_BUILD), "--build needs a KERNEL.yaml"),
-    (dict(tree="/t", kernel="k"), "give one"),
-    (dict(tree="/t", upto=1), "--upto N goes with --build KERNEL.yaml"),
-    (dict(defconfig="x"), "--defconfig goes with --tree"),
-    (dict(base="v1"), "--base goes with --tree"),
-    (dict(modules="m"), "--modules goes with --kernel BZIMAGE"),
-    (dict(tree="/t", build="x.yaml", scenario="default"), "takes no value"),
+    ({"build": tree.TREE_BUILD}, "--build needs a KERNEL.yaml"),
+    ({"tree": "/t", "kernel": "k"}, "give one"),
+    ({"tree": "/t", "upto": 1}, "--upto N goes with --build KERNEL.yaml"),
+    ({"defconfig": "x"}, "--defconfig goes with --tree"),
+    ({"base": "v1"}, "--base goes with --tree"),
+    ({"modules": "m"}, "--modules goes with --kernel BZIMAGE"),
+    ({"tree": "/t", "build": "x.yaml", "scenario": "default"}, "takes no value"),
 ])
 def test_fix_args_rejects(kw, err):
     with pytest.raises(InputError, match=err):
