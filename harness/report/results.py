@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ class RunDir:
         return self.final
 
 
+OLD_BYTES_REPR = re.compile(r"notifier b'([^']*)'")
 TIMELINES_IN_FULL = 3  # lost pages whose trace history summary.txt shows; findings.json has every one recorded
 
 
@@ -89,8 +91,8 @@ def summary_text(run: dict, run_dir: str | Path | None = None) -> str:
         for p in f.get("pages", [])[:5]:
             L.append(f"      page index={p.get('index')} gfn={p.get('gfn'):#x} expected gen={p.get('expected')} "
                      f"found gen={p.get('found')}" if isinstance(p.get("gfn"), int) else f"      {p}")
-        for line in f.get("timeline", []):
-            L.append(f"      {line}")
+        for line in f.get("timeline", []):  # runs recorded before the fix carry "notifier b'0x..'": shown as text
+            L.append("      " + OLD_BYTES_REPR.sub(r"notifier \1", line))
         for line in (f.get("excerpt") or "").splitlines()[:8]:
             L.append(f"      | {line}")
     if len(timelines) > TIMELINES_IN_FULL:
