@@ -118,3 +118,24 @@ def kill_tree(pid: int, wait_s: float = 5) -> list[psutil.Process]:
 def reap_descendants(wait_s: float = 10) -> list[psutil.Process]:
     """Kill every process this one started, however deep (a make, a tar, a QEMU), and wait for them."""
     return kill_procs(psutil.Process().children(recursive=True), wait_s)
+
+
+def decompressed(path: Path) -> bytes:
+    """A file's bytes with its .xz / .gz / .zst compression undone (kernel modules: busybox modprobe in L1 reads
+    only plain .ko files); ValueError when they cannot be read."""
+    import gzip
+    import lzma
+    try:
+        if path.suffix == ".xz":
+            return lzma.decompress(path.read_bytes())
+        if path.suffix == ".gz":
+            return gzip.decompress(path.read_bytes())
+    except (lzma.LZMAError, OSError, EOFError) as e:
+        raise ValueError(f"{path.name} cannot be decompressed: {e}") from None
+    if path.suffix == ".zst":
+        r = subprocess.run(["zstd", "-q", "-d", "-c", str(path)], check=False, capture_output=True)
+        if r.returncode != 0:
+            raise ValueError(f"{path.name} cannot be decompressed (zstd: "
+                             f"{r.stderr.decode(errors='replace').strip() or 'not installed?'})")
+        return r.stdout
+    return path.read_bytes()

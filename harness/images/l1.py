@@ -5,17 +5,17 @@ a much smaller image, docs/microguest.md).  Cached by a hash of every input; unc
 from __future__ import annotations
 
 import json
-import lzma
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import InfraError
+from harness.errors import InfraError, InputError
 from harness.images.cpio import busybox_tree, copy_into, inputs_hash, ldd_libs, module_files, pack, sha256_file
 from harness.images.l2 import L2Image, build_static
 from harness.paths import REPO, cache_dir
+from harness.util import decompressed
 
 GUEST = REPO / "guest-images"
 L1_MODULES = ["kvm_amd", "kvm_intel", "zram", "virtio_net", "virtio_blk", "virtio_pci"]
@@ -49,11 +49,12 @@ def _install_modules(root: Path, modroot: Path, release: str) -> list[str]:
         rel = f.relative_to(src_base)
         dst = dst_base / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if f.suffix == ".xz":  # busybox modprobe cannot read compressed modules
+        if f.suffix in (".xz", ".gz", ".zst"):  # busybox modprobe cannot read compressed modules
             dst = dst.with_suffix("")
-            dst.write_bytes(lzma.decompress(f.read_bytes()))
-        elif f.suffix in (".zst", ".gz"):
-            raise InfraError(f"unsupported module compression: {f}")
+            try:
+                dst.write_bytes(decompressed(f))
+            except ValueError as e:
+                raise InputError(f"kernel module {e}") from None
         else:
             shutil.copy2(f, dst)
         loaded.append(dst.name)

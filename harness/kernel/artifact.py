@@ -2,18 +2,17 @@
 modules/lib/modules/<release>/, config, meta.json) and its module tree: any compression in, plain .ko out."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import lzma
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 from harness.errors import InputError
 from harness.paths import cache_dir
+from harness.util import decompressed
 
 HARNESS_FRAGMENTS = ("kvm-host.config", "tracing.config")
 MINIMAL_FRAGMENT = "minimal-l1.config"
@@ -22,19 +21,17 @@ MINIMAL_FRAGMENT = "minimal-l1.config"
 # ----------------------------------------------------------------------------------------------------------
 # modules: any compression in, plain .ko out (busybox modprobe in L1 reads only plain modules)
 # ----------------------------------------------------------------------------------------------------------
+def module_bytes(path: Path) -> bytes:
+    """A module file's plain ELF bytes, whatever its compression (.ko, .ko.xz, .ko.gz, .ko.zst)."""
+    try:
+        return decompressed(path)
+    except ValueError as e:
+        raise InputError(f"module {e}") from None
+
+
 def _decompress(path: Path) -> Path:
     out = path.with_suffix("")                   # x.ko.zst -> x.ko
-    if path.suffix == ".xz":
-        data = lzma.decompress(path.read_bytes())
-    elif path.suffix == ".gz":
-        data = gzip.decompress(path.read_bytes())
-    else:
-        r = subprocess.run(["zstd", "-q", "-d", "-c", str(path)], check=False, capture_output=True)
-        if r.returncode != 0:
-            raise InputError(f"cannot decompress {path} (zstd: {r.stderr.decode(errors='replace').strip()}; "
-                             "apt-get install zstd)")
-        data = r.stdout
-    out.write_bytes(data)
+    out.write_bytes(module_bytes(path))
     path.unlink()
     return out
 
