@@ -3,6 +3,7 @@
 pipeline: one default-scenario run (L1 boot, L2 boot, L1-ready → workload, ledger pages verified per second,
 swap rates, wall time, harness overhead = wall − guest time); console: classifying a 10 MB log; trace: decoding
 and checking a synthetic trace; build (with --build): full / cache-hit / incremental kernel builds;
+minimal-config (with --build): the full-build time kconfigs/minimal-l1.config saves (harness.kernel.configbench);
 matrix-jobs (with --build): one matrix run with `--jobs 1` and with `--jobs 2` (wall time, per cell, the ratio,
 every cell's outcome, false positives): tests/fixtures/matrices/bench-jobs.yaml, or with --nightly the real
 nightly (scenarios/nightly.yaml and catch-time.yaml, ~30 min a pass).  docs/scale.md."""
@@ -232,18 +233,23 @@ def _stage_build(root: Path, args) -> dict:
     return {"report": str(bench(REPO / "kernels/debian-6.12.yaml"))}
 
 
+def _stage_minimal_config(root: Path, args) -> dict:
+    from harness.kernel.configbench import bench_minimal_config
+    return bench_minimal_config()
+
+
 def _stage_matrix_jobs(root: Path, args) -> dict:
     mats = [Path(m) for m in args.matrix] if args.matrix else list(NIGHTLY_MATRICES) if args.nightly else None
     return bench_matrix_jobs(root, mats, args.jobs)
 
 
 STAGES = {"console": _stage_console, "trace": _stage_trace, "pipeline": lambda root, args: bench_pipeline(root),
-          "build": _stage_build, "matrix-jobs": _stage_matrix_jobs}
+          "build": _stage_build, "minimal-config": _stage_minimal_config, "matrix-jobs": _stage_matrix_jobs}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    stages = args.only or ["console", "trace", "pipeline"] + (["build", "matrix-jobs"] if args.build else [])
+    stages = args.only or ["console", "trace", "pipeline"] + (["build", "minimal-config", "matrix-jobs"] if args.build else [])
     root = results_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rc = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -184,9 +185,12 @@ def build_source(src: Path, objdir: Path, start: Path, start_desc: dict, frags: 
             lf.write(f"# key {key}; objtree {objdir} ({state}); change {change.get('describe')}\n")
             lf.flush()
             log(f"building {key} in {objdir} ({state} object folder, -j{os.cpu_count()})")
-            t = time.monotonic()
+            t, ru0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
             run_logged(mk + BUILD_TARGETS, src, lf, f"make {' '.join(BUILD_TARGETS)}")
             times["make_s"] = round(time.monotonic() - t, 2)
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # CPU seconds of make and its compilers: comparable across busy and idle machines
+            times["make_cpu_s"] = round(ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 1)
             times["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
             release = (objdir / "include/config/kernel.release").read_text().strip()
             mods = tmp / "modules"
