@@ -49,7 +49,8 @@ def summary_text(run: dict, run_dir: str | Path | None = None) -> str:
     """summary.txt: the head (harness.report.finding_head: verdict, what was lost, rule, change, next commands),
     then the details.  `run_dir`: the results folder (default results/<run id>)."""
     from harness.report.finding_head import head_lines
-    rd = str(run_dir or run.get("path") or f"results/{run['run_id']}")
+    # the folder's name once complete (a matrix cell's run lives in the matrix's .incomplete folder until the end)
+    rd = re.sub(r"\.incomplete(?=/|$)", "", str(run_dir or run.get("path") or f"results/{run['run_id']}"))
     L = head_lines(run, rd) + [""]
     k = run.get("kernel", {})
     L.append(f"run {run['run_id']}: {run['verdict'].upper()}")
@@ -117,11 +118,11 @@ def load_run(run_dir: str | Path) -> dict:
 def cli_report(run_dir: str) -> int:
     """Re-render summary.txt, junit.xml, results.ktap and plots/*.png from the folder's files alone."""
     run = load_run(run_dir)
-    atomic_write(Path(run_dir) / "summary.txt", summary_text(run))
+    atomic_write(Path(run_dir) / "summary.txt", summary_text(run, run_dir))
     atomic_write(Path(run_dir) / "junit.xml", junit_xml(run))
     ktap = write_run_ktap(run, Path(run_dir) / "results.ktap")
     pngs = run_plots(run_dir)
-    sys.stdout.write(summary_text(run))
+    sys.stdout.write(summary_text(run, run_dir))
     sys.stdout.write("".join(f"wrote    {p}\n" for p in [ktap, *pngs]))
     return VERDICT_EXIT.get(run["verdict"], EXIT_INFRA)
 

@@ -117,3 +117,9 @@ def test_timeline_notifier_ranges_read_as_text_not_a_bytes_repr():
     notifier = [x for x in tl if " notifier " in x]
     assert notifier == ["10.000101 notifier 0x007f5d55af1000--0x007f5d55af2000"]
     assert not any("b'" in x for x in tl)
+
+
+def test_next_commands_name_the_folder_as_it_will_be_once_complete():
+    top = head(summary_text(load("mutant-a"), "/r/matrix-1-nightly.incomplete/runs/ab12/20261201-154455-a-s1"))
+    assert any(ln.startswith("next     harness reproduce /r/matrix-1-nightly/runs/ab12/20261201-154455-a-s1 ")
+               for ln in top)
