@@ -129,6 +129,15 @@ class Range:
             _git(self.clone.parent, "clone", "-q", "--shared", "--no-checkout", str(self.repo), self.clone.name)
             _git(self.clone, "config", "feature.manyFiles", "true")
 
+    def change_of(self, sha: str) -> dict:
+        """The change under test at one commit of the range: named from the developer's repository (read-only:
+        its tags and branches, not the clone's copies), the commits since the range's base."""
+        return {"kind": "tree", "repo": self.repo.name, "path": str(self.repo), "git": True,
+                "describe": _git(self.repo, "describe", "--always", sha, check=False) or sha[:12],
+                "head": change_mod.commit_info(self.repo, sha), "base": self.base,
+                "commits": change_mod.commits_between(self.repo, self.sha(self.base), sha),
+                "diff_sha256": None, "diff": None}
+
     def artifact(self, sha: str) -> Path:
         """Build (or take from the cache) the kernel of one commit; InputError/InfraError as the build says."""
         from harness.kernel.treebuild import (
@@ -141,11 +150,7 @@ class Range:
             return self.built[sha]
         self.ensure_clone()
         _git(self.clone, "-c", "advice.detachedHead=false", "checkout", "-q", "-f", "--detach", sha)
-        info = change_mod.commit_info(self.clone, sha)
-        change = {"kind": "tree", "repo": self.repo.name, "path": str(self.repo), "git": True,
-                  "describe": _git(self.clone, "describe", "--always", sha, check=False) or sha[:12],
-                  "head": info, "base": self.base, "commits": change_mod.commits_between(self.clone, self.base, sha),
-                  "diff_sha256": None, "diff": None}
+        change = self.change_of(sha)
         start, desc, frags = base_config(self.repo, self.clone, self.defconfig)
         art = build_source(self.clone, self.objdir, start, desc, frags,
                            kconfig_digest(self.clone, tree_files(self.clone)), change, self.name, _log)
@@ -173,8 +178,8 @@ def run_commit(rng: Range, sha: str, scen_path: Path, overrides: list[str], root
         return {"verdict": "infra-error", "error": str(e), "run_dir": None}
     try:
         s = load_scenario(scen_path, overrides)
-        run = execute(s, load_kernel_dir(art), root / sha[:12], scen_path.read_text(), ["--kernel", str(art)],
-                      overrides)
+        meta = load_kernel_dir(art) | {"change": rng.change_of(sha)}   # this range's base, even on a cache hit
+        run = execute(s, meta, root / sha[:12], scen_path.read_text(), ["--kernel", str(art)], overrides)
     except InputError:
         raise
     except InfraError as e:
