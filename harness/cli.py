@@ -32,6 +32,14 @@ def _count(text: str) -> int:
     return n
 
 
+def _positive(text: str) -> int:
+    """A number of tries or repeats: an integer >= 1."""
+    n = _count(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more (got 0)")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     from harness.cli_help import DESCRIPTION, EPILOG
     p = _Parser(prog="harness", description=DESCRIPTION, epilog=EPILOG,
@@ -144,7 +152,7 @@ def _add_scale_commands(sub) -> None:
 
     rep = sub.add_parser("reproduce", help="re-run a results folder's case with the same inputs")
     rep.add_argument("run_dir")
-    rep.add_argument("--tries", type=_count, default=1, help="rerun N times; run.json gets the reproduction rate")
+    rep.add_argument("--tries", type=_positive, default=1, help="rerun N times; run.json gets the reproduction rate")
 
     bi = sub.add_parser("bisect", help="find the first patch of a series (or commit of a range: --git) that "
                                        "gives a finding")
@@ -159,7 +167,7 @@ def _add_scale_commands(sub) -> None:
                     help="with --git: start from this defconfig (minimal: the quickest) instead of PATH/.config")
     bi.add_argument("scenario", nargs="?", default=None, help="a scenario's name or YAML path (default: default)")
     bi.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario knob")
-    bi.add_argument("--repeats", type=int, default=3, help="clean runs that make a step good (default 3)")
+    bi.add_argument("--repeats", type=_positive, default=3, help="clean runs that make a step good (default 3)")
     bi.add_argument("--seed", type=int, default=None)
     bi.add_argument("--results", default=None, help="results root (default: results/)")
 

@@ -222,3 +222,14 @@ def test_doctor_json_is_one_object_and_plain_output_is_one_line_per_check(monkey
     nested = [ln for ln in out.splitlines() if ln.startswith("nested (L0)")]
     assert len(nested) == 1 and len(nested[0]) > 120  # the fix command whole, on its row's line
     assert nested[0].endswith("sudo modprobe -r kvm_amd; sudo modprobe kvm_amd")
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["reproduce", "R", "--tries", "0"], "--tries: must be 1 or more (got 0)"),
+    (["bisect", "kernels/port.yaml", "--repeats", "0"], "--repeats: must be 1 or more (got 0)"),
+    (["run", "--seed", "x"], "--seed: must be a whole number >= 0 (got 'x')"),
+    (["run", "--set", "nope=1"], "--set nope=1: unknown key 'nope'"),
+    (["nosuch"], "invalid choice: 'nosuch'"),
+])
+def test_bad_numbers_and_commands_are_one_line(capsys, argv, says):
+    assert says in fails(capsys, *argv)
