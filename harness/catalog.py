@@ -61,6 +61,8 @@ def read_mapping(path: Path) -> dict:
 
 
 def kind_of(data: dict) -> str:
+    if "base" in data:  # KERNEL.yaml (harness.kernel.source.KernelSpec): a kernel, for --build
+        return "kernel"
     return "matrix" if any(k in data for k in MATRIX_KEYS) else "scenario"
 
 
@@ -69,6 +71,8 @@ def check_kind(path: Path, ref: str, want: str) -> None:
     got = kind_of(read_mapping(path))
     if got == want:
         return
+    if got == "kernel":
+        raise InputError(f"{ref} is a KERNEL.yaml (a kernel to build), not a {want}: harness run --build {ref}")
     if want == "matrix":
         raise InputError(f"{ref} is a scenario (one run), not a matrix (kernels x knobs x seeds): "
                          f"harness run {ref}")

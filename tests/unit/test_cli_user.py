@@ -233,3 +233,9 @@ def test_doctor_json_is_one_object_and_plain_output_is_one_line_per_check(monkey
 ])
 def test_bad_numbers_and_commands_are_one_line(capsys, argv, says):
     assert says in fails(capsys, *argv)
+
+
+def test_a_kernel_yaml_given_as_a_scenario_says_what_it_is(capsys):
+    err = fails(capsys, "run", "kernels/port.yaml")
+    assert "kernels/port.yaml is a KERNEL.yaml (a kernel to build), not a scenario: harness run --build " in err
+    assert "not a matrix" in fails(capsys, "matrix", "kernels/port.yaml")
