@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +16,7 @@ from harness.util import atomic_write
 
 EVIDENCE_SCHEMA = 1
 Oracle = Literal["ledger", "trace", "console", "infra"]
+Verdict = Literal["pass", "finding", "infra-error"]  # a case's; a run adds "input-error" (bad input, nothing ran)
 
 
 class Finding(BaseModel):
@@ -34,11 +35,11 @@ class Finding(BaseModel):
         """Evidence against the kernel (as opposed to a failure of the harness or the set-up)."""
         return self.oracle != "infra"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
 
-def infra(layer: str, kind: str, title: str, **extra) -> Finding:
+def infra(layer: str, kind: str, title: str, **extra: Any) -> Finding:
     return Finding(oracle="infra", layer=layer, kind=kind, title=title, **extra)
 
 
@@ -88,13 +89,13 @@ class CaseEvidence(BaseModel):
     l2: L2Facts = Field(default_factory=L2Facts)
     monitor: list[MonitorEvent] = Field(default_factory=list)
     first_bad_s: float | None = None  # when L0 first saw a bad page, seconds since run start
-    trace: dict = Field(default_factory=dict)  # the trace section of run.json (stats, rules)
+    trace: dict[str, Any] = Field(default_factory=dict)  # the trace section of run.json (stats, rules)
     trace_findings: list[Finding] = Field(default_factory=list)  # the streaming trace oracle's output
     # facts that could not be collected, and the error that ended the case early (each an infra finding)
     unavailable: list[str] = Field(default_factory=list)
     error: Finding | None = None
     # descriptive facts for run.json (accelerator, images, L1 set-up, timings): the judge does not read them
-    info: dict = Field(default_factory=dict)
+    info: dict[str, Any] = Field(default_factory=dict)
 
     def save(self, case_dir: Path) -> None:
         atomic_write(Path(case_dir) / "evidence.json", self.model_dump_json(indent=1) + "\n")
@@ -105,10 +106,10 @@ class CaseEvidence(BaseModel):
 
 
 class Judgement(BaseModel):
-    verdict: Literal["pass", "finding", "infra-error"]
+    verdict: Verdict
     findings: list[Finding]
     first_finding_s: float | None = None
-    ledger: dict = Field(default_factory=dict)  # the ledger's totals, as run.json records them
+    ledger: dict[str, Any] = Field(default_factory=dict)  # the ledger's totals, as run.json records them
     # set when the case should be run again before anything is concluded (TCG nested-paging emulation crash)
     retry: str | None = None
     infra_events: list[str] = Field(default_factory=list)

@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 import yaml
 
@@ -52,7 +53,7 @@ def _kernel_ref(ref, base: Path) -> dict:
         return {"kind": "debian-prebuilt", "package": meta.get("package", "linux-image-6.12.*-amd64-unsigned")}
     from harness.kernel import build, source
     yml = (base / ref.build).resolve()
-    out = {"kind": "build", "kernel_yaml": str(yml.relative_to(REPO)) if yml.is_relative_to(REPO) else str(yml)}
+    out: dict[str, Any] = {"kind": "build", "kernel_yaml": str(yml.relative_to(REPO)) if yml.is_relative_to(REPO) else str(yml)}
     try:
         b = source.load_kernel_yaml(yml).spec.base
         if isinstance(b, source.DebianBase):
@@ -109,7 +110,7 @@ def steps(matrix: str, shard: tuple[int, int] | None, commit: str, repo: str, ur
 
 
 def job(matrix: str, shard: tuple[int, int] | None, commit: str, repo: str, url: str, kernels: dict,
-        cells: list[str] = ()) -> dict:
+        cells: Sequence[str] = ()) -> dict:
     """The LAVA job (a dict for yaml.safe_dump): deploy to tftp, boot by iPXE into an NFS root, inline test."""
     tag = f"shard {shard[0]}/{shard[1]}" if shard else "all cells"
     name = re.sub(r"[^-_a-zA-Z0-9.]+", "-", f"kvm-dirty-harness-{Path(matrix).stem}-{tag}")

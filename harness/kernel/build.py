@@ -226,7 +226,7 @@ def plan(kernel_yaml: Path, upto: int | None = None) -> Plan:
     inputs = source.load_kernel_yaml(Path(kernel_yaml))
     spec = inputs.spec
     frags = [inputs.resolve(f) for f in spec.fragments]
-    for f, raw in zip(frags, spec.fragments):
+    for f, raw in zip(frags, spec.fragments, strict=True):
         if not f.is_file():
             raise InputError(f"config fragment not found: {raw} -> {f} (fragments in {inputs.yaml_path})")
     texts = [(f.name, f.read_text()) for f in frags]

@@ -53,7 +53,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 from harness.oracles.console_frames import BODY_LINES, SPACES_RE, strip_prefix
 from harness.oracles.console_rules import HOT_WORDS, REBOOT, RULES, Rule
@@ -80,7 +80,7 @@ class Report:
     start_line: int = 0          # 1-based line of the report's first line; 0 = none
     infra: bool = field(default=False)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"crash": self.crash, "kind": self.kind, "title": self.title,
                 "start_line": self.start_line, "infra": self.infra}
 
@@ -182,12 +182,21 @@ _RAN_RE = re.compile(r"\[ *(?:[1-9]\d*\.\d+|0\.\d*[1-9]\d*)\]")
 # --------------------------------------------------------------------------
 # Scanner
 # --------------------------------------------------------------------------
+def _empty_match() -> re.Match[str]:
+    m = re.match("", "")
+    assert m is not None  # the empty pattern matches the empty string
+    return m
+
+
+_EMPTY_MATCH = _empty_match()  # a reboot trigger's: it has no header line of its own
+
+
 @dataclass
 class _Trigger:
     line_no: int        # 0-based
     line_start: int     # char offset
     rule: Rule
-    match: re.Match
+    match: re.Match[str]
 
 
 def _scan(text: str) -> list[_Trigger]:
@@ -254,7 +263,7 @@ def _groups(text: str) -> list[list[_Trigger]]:
     trigs = _scan(text)
     rb = _reboot_trigger(text)
     if rb is not None:
-        trigs.append(_Trigger(rb[0], rb[1], REBOOT, re.match("", "")))
+        trigs.append(_Trigger(rb[0], rb[1], REBOOT, _EMPTY_MATCH))
         trigs.sort(key=lambda t: t.line_start)
     groups: list[list[_Trigger]] = []
     any_crash = False
@@ -271,13 +280,14 @@ def _groups(text: str) -> list[list[_Trigger]]:
                 continue
             if t.rule.consequence and any_crash:
                 # attach to the latest crash group, if it is recent enough to be the cause
+                attached = False
                 for gg in reversed(groups):
                     if gg[0].rule.crash:
                         if t.line_no - gg[-1].line_no <= _CONSEQUENCE_WINDOW:
                             gg.append(t)
-                            t = None
+                            attached = True
                         break
-                if t is None:
+                if attached:
                     continue
         groups.append([t])
         any_crash = True
@@ -323,7 +333,7 @@ def _report(text: str, group: list[_Trigger], next_start: Optional[int]) -> Repo
 _MAX_GROUPS = 500        # a report storm beyond this is summarised by its first reports
 
 
-def _reports(text: str, groups: list[list[_Trigger]], idx) -> list[Report]:
+def _reports(text: str, groups: list[list[_Trigger]], idx: Iterable[int]) -> list[Report]:
     out = []
     for i in idx:
         nxt = groups[i + 1][0].line_start if i + 1 < len(groups) else None

@@ -107,8 +107,8 @@ def norm_func(name: str) -> str:
     return _SYSCALL_RE.sub("sys_", name)
 
 
-def first_frame(lines: list[str], start: int = 0, skip: Optional[re.Pattern] = None,
-                 after: Optional[re.Pattern] = None, limit: int = BODY_LINES) -> str:
+def first_frame(lines: list[str], start: int = 0, skip: Optional[re.Pattern[str]] = None,
+                 after: Optional[re.Pattern[str]] = None, limit: int = BODY_LINES) -> str:
     """First reliable, non-generic stack frame in lines[start:start+limit]."""
     skip = skip or SKIP_FRAME_RE
     i = start

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness.oracles.console import classify
 from harness.paths import REPO
@@ -38,31 +39,32 @@ def corpus_files(corpus: Path = CORPUS) -> list[Path]:
     """The corpus logs in numeric order (1.log, 2.log, ..., 10.log), so goldens diff readably."""
     if not corpus.is_dir():
         return []
-    def numeric_first(p: Path) -> tuple:
+    def numeric_first(p: Path) -> tuple[int, int, str]:
         return (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.name)
     return sorted(corpus.glob("*.log"), key=numeric_first)
 
 
-def golden_entry(body: str) -> dict:
+def golden_entry(body: str) -> dict[str, Any]:
     rep = classify(body)
     return {"crash": rep.crash, "kind": rep.kind, "title": rep.title, "start_line": rep.start_line}
 
 
-def compute(corpus: Path = CORPUS) -> dict[str, dict]:
+def compute(corpus: Path = CORPUS) -> dict[str, dict[str, Any]]:
     return {p.name: golden_entry(parse_case(p)[1]) for p in corpus_files(corpus)}
 
 
-def load(path: Path = GOLDEN) -> dict[str, dict]:
-    return json.loads(path.read_text(encoding="utf-8"))
+def load(path: Path = GOLDEN) -> dict[str, dict[str, Any]]:
+    goldens: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+    return goldens
 
 
-def write(goldens: dict[str, dict], path: Path = GOLDEN) -> None:
+def write(goldens: dict[str, dict[str, Any]], path: Path = GOLDEN) -> None:
     # one log per line: a changed verdict is a one-line diff
     rows = [f"  {json.dumps(name)}: {json.dumps(entry, ensure_ascii=False)}" for name, entry in goldens.items()]
     path.write_text("{\n" + ",\n".join(rows) + "\n}\n", encoding="utf-8")
 
 
-def diff(want: dict[str, dict], got: dict[str, dict]) -> list[str]:
+def diff(want: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]]) -> list[str]:
     out = []
     for name in sorted(want.keys() | got.keys()):
         if want.get(name) != got.get(name):

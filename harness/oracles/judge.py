@@ -22,8 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from harness.evidence import CaseEvidence, Finding, Judgement, infra
+from harness.evidence import CaseEvidence, Finding, Judgement, Verdict, infra
 from harness.guest.contract import MICRO_RC_INFRA, MICRO_RC_USAGE
 from harness.oracles import ledger as ledger_oracle
 from harness.oracles import micro as micro_oracle
@@ -89,7 +90,7 @@ def console_findings(logs: CaseLogs) -> list[Finding]:
     return out
 
 
-def l2_ended_by_oom(l2_console: str, memory_events: dict) -> bool:
+def l2_ended_by_oom(l2_console: str, memory_events: dict[str, Any]) -> bool:
     """Did an OOM kill end L2: L2's own OOM killer (its console), or L1's cgroup killing L2's QEMU
     (memory.events oom_kill of the l2 cgroup)?"""
     try:
@@ -113,7 +114,7 @@ def monitor_findings(ev: CaseEvidence) -> list[Finding]:
     return out
 
 
-def l2_end_finding(ev: CaseEvidence, logs: CaseLogs, res, l2_crashed: bool, oom: bool,
+def l2_end_finding(ev: CaseEvidence, logs: CaseLogs, res: ledger_oracle.LedgerResult, l2_crashed: bool, oom: bool,
                    already_explained: bool) -> tuple[Finding | None, bool]:
     """How L2 ended when the ledger did not finish.  Returns (finding or None, retry-worthy)."""
     if res.done or ev.l2.stopped_early or already_explained or l2_crashed:
@@ -143,7 +144,7 @@ def l2_end_finding(ev: CaseEvidence, logs: CaseLogs, res, l2_crashed: bool, oom:
                    title=f"L2 ended before the ledger finished (QEMU exit {rc}, {rounds})"), False
 
 
-def micro_end_finding(ev: CaseEvidence, logs: CaseLogs, res, already_explained: bool) -> Finding | None:
+def micro_end_finding(ev: CaseEvidence, logs: CaseLogs, res: ledger_oracle.LedgerResult, already_explained: bool) -> Finding | None:
     """How the micro-guest VMM ended, when that is not a finished run (exit 0 or 1 after its done line)."""
     rc = ev.l2.qemu_rc
     said = (logs.micro_err.strip().splitlines() or [""])[-1][:300]
@@ -200,7 +201,7 @@ def sensitivity_finding(ev: CaseEvidence, dma_pages: int | None = None) -> Findi
 VACUOUS_BY_DESIGN = {"linux": (), "micro": ("R4",)}
 
 
-def vacuous_rule_finding(trace: dict, exempt: tuple[str, ...] = ()) -> Finding | None:
+def vacuous_rule_finding(trace: dict[str, Any], exempt: tuple[str, ...] = ()) -> Finding | None:
     """A trace rule that applies but checked no event cannot support a pass (it could not have failed)."""
     empty = [r for r, st in (trace.get("rules") or {}).items()
              if st.get("ran") and not st.get("events_checked") and r not in exempt]
@@ -223,7 +224,7 @@ def tcg_l2_crash_without_evidence(accel_mode: str | None, l2_fault: str, finding
     return crash[0].title if crash else None
 
 
-def verdict_of(findings: list[Finding]) -> str:
+def verdict_of(findings: list[Finding]) -> Verdict:
     """A real finding (ledger, trace, console crash) beats an infrastructure failure: both are reported."""
     if any(f.real for f in findings):
         return "finding"
@@ -270,7 +271,7 @@ def judge(ev: CaseEvidence, logs: CaseLogs) -> Judgement:
             f.patch = f.patch or ev.patch_under_test
     crash = tcg_l2_crash_without_evidence(ev.accel_mode, ev.l2_fault, findings)
     retry = (f"L2 crashed under TCG with no lost write and no trace violation ({crash})" if crash
-             else end.title if tail_lost else None)
+             else end.title if tail_lost and end else None)
     ledger = res.totals() | {"first_bad_s": res.first_bad_t}
     if ev.selftest_pages:
         ledger["selftest"] = res.selftest

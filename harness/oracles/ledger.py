@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.guest.contract import LEDGER_PREFIX
 
@@ -24,25 +25,25 @@ class LedgerResult:
     stale: int = 0
     zero: int = 0
     corrupt: int = 0
-    bad: list[dict] = field(default_factory=list)  # the individually reported bad pages (bounded by the ledger)
-    selftest: dict | None = None
+    bad: list[dict[str, Any]] = field(default_factory=list)  # the individually reported bad pages (bounded by the ledger)
+    selftest: dict[str, Any] | None = None
     dma_pages: int | None = None  # pages written to the DMA disk (ledger.dma_frac), from the "dma" line
     first_bad_t: float | None = None  # seconds since the ledger started
     last_t: float = 0.0
-    events: list[dict] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bad_total(self) -> int:
         return self.stale + self.zero + self.corrupt
 
-    def totals(self) -> dict:
+    def totals(self) -> dict[str, Any]:
         out = {"pages": self.pages, "rounds": self.rounds, "rounds_done": self.rounds_done,
                "pages_verified": self.pages_verified, "trail_verified": self.trail_verified, "stale": self.stale,
                "zero": self.zero, "corrupt": self.corrupt, "complete": self.done}
         return out | ({"dma_pages": self.dma_pages} if self.dma_pages is not None else {})
 
 
-def parse_line(line: str) -> dict | None:
+def parse_line(line: str) -> dict[str, Any] | None:
     i = line.find(PREFIX)
     if i < 0:
         return None
@@ -53,7 +54,7 @@ def parse_line(line: str) -> dict | None:
     return ev if isinstance(ev, dict) and "ev" in ev else None
 
 
-def feed(res: LedgerResult, ev: dict) -> None:
+def feed(res: LedgerResult, ev: dict[str, Any]) -> None:
     """Fold one ledger event into the result (used while streaming and after the fact)."""
     res.events.append(ev)
     res.last_t = ev.get("t", res.last_t)
@@ -90,7 +91,7 @@ def parse_console(text: str) -> LedgerResult:
     return res
 
 
-def findings(res: LedgerResult) -> list[dict]:
+def findings(res: LedgerResult) -> list[dict[str, Any]]:
     """Ledger findings: one per class of bad page, with the first pages as examples (gfn, index, generations)."""
     out = []
     for cls, title in (("stale", "lost write: stale page (older generation, valid CRC)"),

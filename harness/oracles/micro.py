@@ -6,28 +6,29 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.guest.contract import MICRO_EVENTS, MICRO_PREFIX
 
 
 @dataclass
 class MicroLog:
-    steps: list[dict] = field(default_factory=list)
-    dirtylog: list[dict] = field(default_factory=list)
-    counters: dict | None = None  # the last "counters" line
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    dirtylog: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, Any] | None = None  # the last "counters" line
     malformed: int = 0  # marked lines that were not valid JSON with the schema's fields
 
     @property
     def dirty_missing(self) -> int:
         return sum(int(d.get("missing", 0) or 0) for d in self.dirtylog)
 
-    def events(self) -> list[dict]:
+    def events(self) -> list[dict[str, Any]]:
         """Every @@MICRO event in order of time (micro-steps.jsonl)."""
         evs = self.steps + self.dirtylog + ([self.counters] if self.counters else [])
         return sorted(evs, key=lambda e: e.get("t", 0))
 
 
-def parse_line(line: str) -> dict | None:
+def parse_line(line: str) -> dict[str, Any] | None:
     """One @@MICRO event, or None (no marker, cut JSON, unknown event, a required field missing)."""
     i = line.find(MICRO_PREFIX)
     if i < 0:
@@ -58,7 +59,7 @@ def parse_output(text: str) -> MicroLog:
     return log
 
 
-def dirtylog_findings(log: MicroLog) -> list[dict]:
+def dirtylog_findings(log: MicroLog) -> list[dict[str, Any]]:
     """A page the guest wrote that KVM_GET_DIRTY_LOG did not report: live migration would lose that write."""
     bad = [d for d in log.dirtylog if int(d.get("missing", 0) or 0) > 0]
     if not bad:

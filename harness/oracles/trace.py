@@ -398,7 +398,7 @@ class Checker:
 
     def _r2_close(self, pid: int, why: str) -> None:
         st = self.rules["R2"]
-        for pfn, npages, gfn, line, ts in self.r2_pend.pop(pid):
+        for pfn, _npages, gfn, line, ts in self.r2_pend.pop(pid):
             st.violate({"gfn": gfn, "pfn": pfn, "line": line, "ts": _s(ts), "pid": _s(pid),
                         "what": f"host-writable SPTE installed without a dirty release of its pfn ({why})"})
 

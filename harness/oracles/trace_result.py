@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_EXAMPLES = 50
 MAX_GFNS = 1 << 18  # a 1 GiB ledger's worth of 4 KiB pages
@@ -14,15 +15,15 @@ class RuleState:
     why: str = ""
     checked: int = 0
     violations: int = 0
-    examples: list = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
     unresolved_at_end: int = 0
     dropped_by_loss: int = 0
     dropped_by_cut: int = 0
     dropped_by_gap: int = 0
     dropped_install_untraced: int = 0  # create-time R3: the pfn was mapped before tracing began
-    gfns: set = field(default_factory=set)  # every gfn with a violation (bounded): the ledger join needs them all
+    gfns: set[int] = field(default_factory=set)  # every gfn with a violation (bounded): the ledger join needs them all
 
-    def violate(self, ex: dict) -> None:
+    def violate(self, ex: dict[str, Any]) -> None:
         self.violations += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(ex)
@@ -41,7 +42,7 @@ class Result:
     cut_events: int = 0  # events whose text trace_pipe cut short (seen in 6.12 under load; see docs)
     cut_marks: int = 0  # ... of which might have been a dirty mark
     truncated: bool = False
-    counts: dict = field(default_factory=dict)
-    rules: dict = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    rules: dict[str, RuleState] = field(default_factory=dict)
     first_ts: str | None = None
     last_ts: str | None = None

@@ -82,7 +82,8 @@ def rates(t: list[float], counter: list[float]) -> tuple[list[float], list[float
 def ledger_rounds(events: list[dict], off: float) -> list[tuple[float, float, int]]:
     """(start, end, round) on vmstat's clock: round 0 writes every page from the start; round r runs from the
     end of window r-1 (its "window" event + seconds) to its "round" event."""
-    out, start = [], off
+    out: list[tuple[float, float, int]] = []
+    start = off
     for ev in events:
         if ev.get("ev") == "round" and isinstance(ev.get("t"), (int, float)):
             out.append((start, ev["t"] + off, int(ev.get("round", len(out)))))
@@ -99,7 +100,7 @@ def trace_origin(case_dir: Path) -> float | None:
             continue
         try:
             with opener(p, "rb") as f:
-                for _, line in zip(range(1000), f):
+                for _, line in zip(range(1000), f, strict=False):  # the first 1000 lines at most
                     m = _TRACE_TS.search(line)
                     if m:
                         return float(m.group(1))

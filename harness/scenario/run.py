@@ -6,7 +6,6 @@ import errno
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ from rich.console import Console
 from harness import __version__
 from harness.config import Scenario, load_scenario
 from harness.errors import EXIT_INFRA, InfraError, InputError
-from harness.evidence import CaseEvidence, Finding, Judgement, infra
+from harness.evidence import CaseEvidence, Judgement, infra
 from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
 from harness.oracles import judge as judge_mod
 from harness.paths import REPO, results_root

@@ -11,6 +11,7 @@ from typing import Callable
 
 from harness.errors import InfraError
 from harness.vm import qemu
+from harness.vm.accel import Accel
 
 # QEMU 7.2 multi-threaded TCG: a rare L1 boot crash while the kernel patches its own text (feasibility notes).
 TCG_BOOT_FLAKE = ("Oops: int3", "sched_clock_cpu")
@@ -23,7 +24,7 @@ def is_tcg_boot_flake(console: str) -> bool:
     return all(m in console for m in TCG_BOOT_FLAKE)
 
 
-def boot_l1(spec: qemu.VMSpec, workdir: Path, accel, timeout_s: float,
+def boot_l1(spec: qemu.VMSpec, workdir: Path, accel: Accel, timeout_s: float,
             on_start: Callable[[qemu.QemuVM], None] = lambda vm: None,
             on_retry: Callable[[str], None] = lambda msg: None) -> tuple[qemu.QemuVM, float]:
     """Start L1 and wait up to `timeout_s` (already scaled for the accelerator) for its init: (the VM, seconds).

@@ -2,7 +2,6 @@
 
 These boot real QEMU with Debian's prebuilt 6.12 kernel (downloaded once into the cache)."""
 import json
-import os
 import signal
 import subprocess
 import sys

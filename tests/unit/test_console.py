@@ -1,6 +1,7 @@
 """Console oracle: table-driven over the shared real-log corpus, plus hand-written snippets."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -450,7 +451,7 @@ def test_bench_small():
 def test_report_is_frozen():
     rep = classify(KVM_WARN)
     assert isinstance(rep, Report)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         rep.kind = "x"  # type: ignore[misc]
 
 

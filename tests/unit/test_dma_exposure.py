@@ -169,7 +169,7 @@ def test_dma_writes_the_ledgers_own_pages_and_checks_the_same(ledger_bin, tmp_pa
     assert (res.pages_verified, res.trail_verified, res.bad_total) == (plain.pages_verified, plain.trail_verified, 0)
     assert [e for e in res.events if e["ev"] == "round"] == [
         {**e, "t": r["t"]} for e, r in zip([e for e in plain.events if e["ev"] == "round"],
-                                           [e for e in res.events if e["ev"] == "round"])]
+                                           [e for e in res.events if e["ev"] == "round"], strict=True)]
     dma = [e for e in res.events if e["ev"] == "dma"]
     assert len(dma) == 1 and dma[0]["dev"] == str(disk) and dma[0]["disk_bytes"] == 1 << 20
     assert 0.15 * 3 * 2048 < dma[0]["pages"] < 0.35 * 3 * 2048 and dma[0]["writes"] >= 3

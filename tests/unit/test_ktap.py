@@ -111,8 +111,6 @@ def matrix() -> dict:
                 "budget": None, "outcome": outcome, "ok": ok, "retries": 0}
     run = {"run_dir": "/r/matrix-x/runs/20261201-1-clean-s1", "verdict": "pass", "seed": 1, "first_finding_s": None,
            "total_s": 100.0, "titles": [], "attempts": 1, "tdp_mmu": True, "evidence": []}
-    caught = run | {"run_dir": "/r/matrix-x/runs/20261201-2-mutant-a-s1", "verdict": "finding",
-                    "first_finding_s": 17.1, "titles": [LOST["title"]], "evidence": ["ledger: # lost", "patch: a"]}
     return {"name": "nightly", "score": {"mutants": ["mutant-a"], "runnable_mutants": ["mutant-a"],
                                          "caught": ["mutant-a"], "mutation_score": 1.0, "false_positives": 0,
                                          "cells_ok": 2, "cells": 3},

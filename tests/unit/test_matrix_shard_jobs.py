@@ -13,7 +13,6 @@ import time
 import psutil
 import pytest
 
-import harness.fleet.matrix as M
 import harness.fleet.matrix.cli as MC
 import harness.fleet.matrix.jobs as MJ
 

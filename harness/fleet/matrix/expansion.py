@@ -72,5 +72,7 @@ def resolve(ref: KernelRef, base: Path) -> dict:
     if ref.debian:
         from harness.kernel.debian import ensure_debian_kernel
         return load_kernel_dir(ensure_debian_kernel(ref.debian))
+    if not ref.build:
+        raise InputError("a matrix kernel needs one of prebuilt: true, debian: VERSION or build: KERNEL.yaml")
     from harness.kernel.build import build_kernel
     return load_kernel_dir(Path(build_kernel((base / ref.build).resolve(), upto=ref.upto)))

@@ -232,7 +232,7 @@ def _finish_one(ctx: Context, job: Job) -> tuple[bool, bool]:
     return found or job.started >= len(job.seeds), interrupted
 
 
-def run_cells(cells: list[Cell], ctx: Context, on_cell_done: Callable[[Cell], None]) -> bool:
+def run_cells(cells: list[Cell], ctx: Context, on_cell_done: Callable[[Cell], object]) -> bool:
     """Run every cell's runs, `ctx.jobs` cells at a time, in the cells' order.  True when interrupted."""
     todo = deque(Job(c, seeds_of(ctx.m, c)) for c in cells if not c.skip)  # skipped: the host cannot (requires:)
     active: list[Job] = []

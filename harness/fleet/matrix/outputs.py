@@ -77,7 +77,7 @@ def heatmap_grid(cells: list[Cell]) -> dict:
     named = [" / ".join(names[j]) for j in range(len(keys))]
     # two variants under one label: told apart by their knobs
     cols = [f"{n} ({variant_label(json.loads(keys[j]))})" if named.count(n) > 1 else n for j, n in enumerate(named)]
-    colours = [[None] * len(keys) for _ in kernels]
+    colours: list[list[str | None]] = [[None] * len(keys) for _ in kernels]
     texts = [[""] * len(keys) for _ in kernels]
     for (i, j), slot in slots.items():
         colours[i][j], texts[i][j] = _slot_colour(slot), _slot_text(slot)
