@@ -44,6 +44,13 @@ def _verdict_text(run: dict, findings: list[dict]) -> str:
 def _lost_lines(findings: list[dict]) -> list[str]:
     """'lost' line: the ledger's bad pages by class and the first one (gfn, index, the L1 pfn the trace saw)."""
     ledger = [f for f in findings if f.get("oracle") == "ledger" and f.get("kind") in LEDGER_KINDS]
+    dirty_log = next((f for f in findings if f.get("kind") == "dirty-log-missing"), None)
+    if dirty_log and not ledger:  # the micro-guest's VMM: written pages KVM_GET_DIRTY_LOG did not report
+        h = (dirty_log.get("harvests") or [{}])[0]
+        gfn = h.get("first_missing_gfn")
+        return [f"lost     {dirty_log.get('count')} written page(s) missing from KVM's dirty log"
+                + (f"; first: gfn {gfn:#x} ({h.get('chor')}, round {h.get('round')})" if isinstance(gfn, int)
+                   else "")]
     if not ledger:
         return []
     counts = ", ".join(f"{f.get('count', len(f.get('pages', [])))} {f['kind']}" for f in ledger)
@@ -123,8 +130,10 @@ def _next_lines(run: dict, run_dir: str, findings: list[dict]) -> list[str]:
     bis = bisect_command(run)
     if bis:
         out.append(f"         {bis}")
-    if any(f.get("oracle") == "ledger" for f in findings):
+    if any(f.get("kind") in LEDGER_KINDS for f in findings):
         out.append(f"details  below; every lost page: {rd}/cases/*/ledger.jsonl (\"ev\": \"bad\" lines)")
+    elif any(f.get("kind") == "dirty-log-missing" for f in findings):
+        out.append(f"details  below; every step of the VMM: {rd}/cases/*/micro-steps.jsonl")
     else:
         out.append(f"details  below; the consoles: {rd}/cases/*/l1-console.log, l2-console.log")
     return out

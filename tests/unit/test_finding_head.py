@@ -123,3 +123,14 @@ def test_next_commands_name_the_folder_as_it_will_be_once_complete():
     top = head(summary_text(load("mutant-a"), "/r/matrix-1-nightly.incomplete/runs/ab12/20261201-154455-a-s1"))
     assert any(ln.startswith("next     harness reproduce /r/matrix-1-nightly/runs/ab12/20261201-154455-a-s1 ")
                for ln in top)
+
+
+def test_a_micro_guest_dirty_log_finding_says_what_was_lost():
+    run = load("mutant-a")
+    run["findings"] = [{"oracle": "ledger", "layer": "L2", "kind": "dirty-log-missing", "count": 3,
+                        "title": "3 written pages missing from KVM's dirty log (a migration would lose them)",
+                        "harvests": [{"chor": "write-pageout-read-write", "round": 2, "first_missing_gfn": 0x1234}]}]
+    top = head(summary_text(run, "results/R"))
+    assert ("lost     3 written page(s) missing from KVM's dirty log; first: gfn 0x1234 (write-pageout-read-write, "
+            "round 2)") in top
+    assert "details  below; every step of the VMM: results/R/cases/*/micro-steps.jsonl" in top
