@@ -1,0 +1,178 @@
+/*
+ * The choreographies: each stages one window of the lost-write race on one batch [first, first + n), with the
+ * host steps done synchronously between the guest's steps.  The last guest write of every choreography is the
+ * one the self-test tampers with (round 1), and its last step is a verify after a page-out.
+ *
+ * Reading of the KVM MMU that decides each window (v6.12 and v7.x; arch/x86/kvm/mmu/{mmu,tdp_mmu,spte}.c,
+ * virt/kvm/kvm_main.c):
+ * - A guest read fault on a page the host has swapped out resolves the pfn with a read GUP; the host maps the
+ *   swapped-in exclusive anon page writable but clean (do_swap_page), and KVM then asks for a writable mapping
+ *   (hva_to_pfn_fast with FOLL_WRITE succeeds on a writable PTE), so make_spte() installs a writable SPTE with
+ *   the dirty bit preset.  The guest's next write goes through it with no fault and never dirties the host PTE:
+ *   the only record of that write is the SPTE.  When the mmu_notifier zaps the SPTE (MADV_PAGEOUT, reclaim,
+ *   collapse), the zap must transfer it to the folio (TDP MMU: handle_changed_spte -> kvm_set_pfn_dirty /
+ *   folio_mark_dirty; shadow MMU: mmu_spte_clear_track_bits).  If it does not, the folio in the swap cache
+ *   is clean with a valid swap copy of the old data, reclaim drops it, and the write is lost.
+ * - The shadow MMU (tdp_mmu=N and nested shadow paging) prefetches the other gfns of the faulting gfn's
+ *   8-aligned group (direct_pte_prefetch, PTE_PREFETCH_NUM) when their host pages are present, with writable
+ *   SPTEs and no fault; a kernel that releases prefetched pages clean (or never marks them) loses writes there.
+ * - With dirty logging, KVM write-protects (or clears D in) the SPTEs at each harvest; a write must reach the
+ *   dirty bitmap whether the SPTE was zapped by reclaim in between or not.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmm.h"
+
+#define GROUP 8     /* the shadow MMU's prefetch group, PTE_PREFETCH_NUM */
+#define HPAGE_PAGES 512
+
+static uint64_t *range(uint64_t first, uint64_t n)
+{
+	static uint64_t *buf;
+	static uint64_t cap;
+	if (n > cap) {
+		free(buf);
+		buf = malloc(n * sizeof(*buf));
+		if (!buf)
+			infra("out of memory for a batch of %llu pages", (unsigned long long)n);
+		cap = n;
+	}
+	for (uint64_t k = 0; k < n; k++)
+		buf[k] = first + k;
+	return buf;
+}
+
+/* The common tail: write g+1 through whatever SPTE the previous step left, page out, verify. */
+static void write_pageout_verify(const uint64_t *idx, uint64_t m, uint64_t first, uint64_t n, const char *step)
+{
+	guest_write(idx, m, first, n);
+	host_plant_old_copies(idx, m);
+	host_pageout(first, n);
+	guest_verify(step, range(first, n), n, first, n);
+}
+
+/* Window: the RFC race.  (a) write g (write fault: host PTE dirty) -> (b) page out (SPTEs zapped, folio to the
+ * swap cache) -> (c) guest reads + verifies g: a read fault after swap-out, host PTE writable but clean, KVM maps
+ * it writable with D preset -> (d) writes g+1 with no fault -> (e) page out: the zap alone must dirty the
+ * folio -> (f) verify g+1.  Any MMU (TDP MMU, shadow, legacy TDP), any backend. */
+static void chor_wprw(uint64_t first, uint64_t n)
+{
+	uint64_t *idx = range(first, n);
+	guest_write(idx, n, first, n);
+	host_pageout(first, n);
+	guest_verify("read-after-pageout", idx, n, first, n);
+	write_pageout_verify(range(first, n), n, first, n, "verify-after-pageout");
+}
+
+/* Window: shadow-MMU prefetch of pages swapped in by the host.  (a) write g -> (b) page out -> (c) the VMM
+ * reads the batch: swap-in by a host read fault, writable-clean PTEs, no SPTE -> (d) the guest reads the first
+ * gfn of each 8-gfn group: the fault maps it, and direct_pte_prefetch maps the 7 present neighbours writable
+ * without a fault -> (e) the guest writes the neighbours only (through the prefetched SPTEs) -> (f) page out ->
+ * (g) verify the batch.  Under the TDP MMU (no prefetch) the neighbours take ordinary write faults: still a
+ * valid clean-kernel check. */
+static void chor_prefetch(uint64_t first, uint64_t n)
+{
+	uint64_t *idx = range(first, n);
+	guest_write(idx, n, first, n);
+	host_pageout(first, n);
+	host_read(first, n);
+	uint64_t heads[n / GROUP + 1], neigh[n], nh = 0, nn = 0;
+	for (uint64_t k = 0; k < n; k++) {
+		if (k % GROUP == 0)
+			heads[nh++] = first + k;
+		else
+			neigh[nn++] = first + k;
+	}
+	guest_read(heads, nh, first, n);
+	write_pageout_verify(neigh, nn, first, n, "verify-after-prefetch");
+}
+
+/* Window: the dirty log under reclaim.  KVM_MEM_LOG_DIRTY_PAGES on the data slot; (a) write g -> (b) page out
+ * -> harvest: every page of (a) logged -> (c) read + verify after swap-out (with logging on, a read fault maps
+ * read-only) -> (d) write g+1 -> (e) page out -> harvest: every page of (d) logged -> (f) verify g+1.  A missing
+ * bitmap entry is a lost page for live migration even when the data survived. */
+static void chor_dirtylog(uint64_t first, uint64_t n)
+{
+	uint64_t *idx = range(first, n);
+	guest_write(idx, n, first, n);
+	host_pageout(first, n);
+	dirty_harvest(first, n);
+	guest_verify("read-after-pageout", idx, n, first, n);
+	guest_write(idx, n, first, n);
+	host_plant_old_copies(idx, n);
+	host_pageout(first, n);
+	dirty_harvest(first, n);
+	guest_verify("verify-after-pageout", idx, n, first, n);
+}
+
+/* Window: a page the host maps read-only, then written by the guest.  MADV_DONTNEED makes the batch never
+ * written -> the guest reads it: the host maps the shared zero page (anon) and KVM a read-only SPTE -> the
+ * guest writes g: a write fault on a present read-only SPTE (COW, host PTE dirty) -> page out -> read-after-
+ * swap-out -> write g+1 -> page out -> verify. */
+static void chor_readonly(uint64_t first, uint64_t n)
+{
+	uint64_t *idx = range(first, n);
+	host_dontneed(first, n);
+	guest_read(idx, n, first, n);
+	guest_write(idx, n, first, n);
+	host_pageout(first, n);
+	guest_verify("read-after-pageout", idx, n, first, n);
+	write_pageout_verify(range(first, n), n, first, n, "verify-after-pageout");
+}
+
+/* Window: THP collapse (backend thp, one 2 MiB unit per batch).  Write g (a THP when L1's THP allows, mapped
+ * by a 2 MiB SPTE) -> page out (split to the swap cache) -> read-after-swap-out (4 KiB, writable clean) ->
+ * MADV_COLLAPSE (copied into a new THP, the 4 KiB SPTEs zapped: their dirty state must reach the old folios
+ * before the copy) -> verify -> write g+1 (a 2 MiB SPTE) -> page out -> verify. */
+static void chor_thp_collapse(uint64_t first, uint64_t n)
+{
+	uint64_t *idx = range(first, n);
+	guest_write(idx, n, first, n);
+	host_pageout(first, n);
+	guest_verify("read-after-pageout", idx, n, first, n);
+	guest_write(idx, n, first, n);
+	host_collapse(first, n);
+	guest_verify("verify-after-collapse", idx, n, first, n);
+	write_pageout_verify(range(first, n), n, first, n, "verify-after-pageout");
+}
+
+/* Window: THP split under a huge SPTE.  Write g on a THP (2 MiB SPTE) -> page out the first 8 pages only:
+ * MADV_PAGEOUT splits the folio, the huge SPTE is zapped and its dirty state must reach all 512 pages ->
+ * verify every page (8 after swap-out, the rest after the split) -> write g+1 -> page out -> verify. */
+static void chor_thp_split(uint64_t first, uint64_t n)
+{
+	uint64_t *idx = range(first, n);
+	guest_write(idx, n, first, n);
+	host_pageout(first, GROUP);
+	guest_verify("verify-after-split", idx, n, first, n);
+	guest_write(idx, n, first, n);
+	host_pageout(first, n);
+	guest_verify("read-after-pageout", idx, n, first, n);
+	write_pageout_verify(range(first, n), n, first, n, "verify-after-pageout");
+}
+
+const struct chor CHORS[] = {
+	{"write-pageout-read-write", "write, page out, read fault after swap-out (writable-clean host PTE, "
+	 "writable SPTE), write with no fault, page out, verify: the zap must dirty the folio", chor_wprw, 1, -1, 0},
+	{"host-read-prefetch", "page out, host reads swap the batch in (no SPTE), guest faults one gfn per 8-gfn "
+	 "group (shadow-MMU prefetch maps the neighbours), writes the neighbours, page out, verify",
+	 chor_prefetch, GROUP, -1, 0},
+	{"dirty-log", "dirty logging on; write, page out, harvest, read after swap-out, write, page out, harvest: "
+	 "every written page must be in KVM_GET_DIRTY_LOG, and verify", chor_dirtylog, 1, -1, 1},
+	{"readonly-then-write", "never-written pages read by the guest (zero page, read-only SPTE), then written "
+	 "(COW), page out, read after swap-out, write, page out, verify", chor_readonly, 1, -1, 0},
+	{"thp-collapse", "THP backend: write, page out, read after swap-out, MADV_COLLAPSE, verify, write (2 MiB "
+	 "SPTE), page out, verify", chor_thp_collapse, HPAGE_PAGES, B_THP, 0},
+	{"thp-split", "THP backend: write a THP (2 MiB SPTE), page out 8 of its pages (split), verify, write, "
+	 "page out, read after swap-out, write, page out, verify", chor_thp_split, HPAGE_PAGES, B_THP, 0},
+};
+const int NCHORS = sizeof(CHORS) / sizeof(CHORS[0]);
+
+int chor_find(const char *name)
+{
+	for (int c = 0; c < NCHORS; c++)
+		if (!strcmp(CHORS[c].name, name))
+			return c;
+	return -1;
+}
