@@ -4,10 +4,15 @@ The base alone (upto=0) first, then the whole series (upto=N), then a binary sea
 the first bad stack. Every step is a kernel build (build_kernel(upto=k): incremental on one object tree,
 cached by key) judged by up to R runs stopped at their first finding: one finding makes the step bad (no false
 positives are assumed: the harness's oracles do not convict a correct kernel); good needs R clean runs. A race
-that is caught in only some runs can make a bad step look good, so from the measured reproduction rate p
-(catching runs / runs at bad steps) each good step may be a miss with chance (1-p)^R, and the result's
-confidence is the product of 1-(1-p)^R over the good steps (and 1 - their sum, a lower bound). An
-infrastructure failure is retried once; twice in a row makes the step 'infra', and the search goes around it.
+that is caught in only some runs can make a bad step look good, so from the measured reproduction rate p each
+good step may be a miss with chance (1-p)^R, and the result's confidence is the product of 1-(1-p)^R over the
+good steps (and 1 - their sum, a lower bound). An infrastructure failure is retried once; twice in a row makes
+the step 'infra', and the search goes around it.
+
+The rate is not catching runs / runs at bad steps: a bad step stops at its first finding, so every bad step
+contributes exactly one finding however rare the bug, and that ratio is biased upward (one step caught at its
+first run says p = 1).  Once the first bad step is named it runs R more times whatever they find ("confirmation
+runs"); their number is fixed before they run, so findings / runs over them is an unbiased rate (rate_runs()).
 Modelled on syzkaller's pkg/bisect (each commit tested several times, bad if any run crashes, skipped when
 the infrastructure failed).
 
@@ -22,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from harness.errors import (
     EXIT_FINDING,
@@ -62,6 +67,23 @@ def step_state(verdicts: list[str], repeats: int) -> str:
     return GOOD if clean >= repeats else MORE
 
 
+def rate_runs(verdicts: list[str]) -> list[str]:
+    """A bad step's runs after its first finding that judged the kernel (pass or finding): their number did not
+    depend on their outcome, so they measure the reproduction rate without the stopping bias."""
+    if FINDING not in verdicts:
+        return []
+    return [v for v in verdicts[verdicts.index(FINDING) + 1:] if v in (PASS, FINDING)]
+
+
+def confirming(verdicts: list[str], repeats: int) -> bool:
+    """The first bad step still owes confirmation runs: fewer than `repeats` rate runs, and the last two runs
+    were not both infrastructure failures (then the rate stays with what it has)."""
+    after = verdicts[verdicts.index(FINDING) + 1:] if FINDING in verdicts else []
+    if len(after) >= 2 and all(v not in (PASS, FINDING) for v in after[-2:]):
+        return False
+    return len(rate_runs(verdicts)) < repeats
+
+
 def _grouped(history: list[tuple[int, str]]) -> dict[int, list[str]]:
     steps: dict[int, list[str]] = {}
     for upto, verdict in history:
@@ -69,10 +91,11 @@ def _grouped(history: list[tuple[int, str]]) -> dict[int, list[str]]:
     return steps
 
 
-def next_action(n: int, history: list[tuple[int, str]], repeats: int) -> tuple[str, object]:
+def next_action(n: int, history: list[tuple[int, str]], repeats: int) -> tuple[str, Any]:
     """("run", upto) for the next run, or ("done", outcome) with outcome {status, first_bad, candidates,
     last_good}. status: first-bad | clean | base-bad | infra."""
-    states = {u: step_state(v, repeats) for u, v in _grouped(history).items()}
+    steps = _grouped(history)
+    states = {u: step_state(v, repeats) for u, v in steps.items()}
     for u, st in states.items():
         if st == MORE:                     # a step in progress is finished first
             return "run", u
@@ -95,6 +118,8 @@ def next_action(n: int, history: list[tuple[int, str]], repeats: int) -> tuple[s
     hi = min(u for u, s in states.items() if s == BAD)
     lo = max(u for u, s in states.items() if s == GOOD and u < hi)
     if hi == lo + 1:
+        if confirming(steps[hi], repeats):  # the answer's confirmation runs: the unbiased reproduction rate
+            return "run", hi
         return done("first-bad", first_bad=hi, candidates=[hi], last_good=lo)
     untested = [u for u in range(lo + 1, hi) if u not in states]
     if not untested:                        # only infra steps left between them: the answer stays a range
@@ -103,20 +128,27 @@ def next_action(n: int, history: list[tuple[int, str]], repeats: int) -> tuple[s
     return "run", min(untested, key=lambda u: (abs(u - mid), u))
 
 
-def confidence(history: list[tuple[int, str]], repeats: int) -> dict:
-    """p = catching runs / runs at bad steps; per good step the chance it was a miss, (1-p)^clean_runs;
-    confidence = product of (1 - miss), lower bound = 1 - sum(miss). None without a bad step (p unknown)."""
+def confidence(history: list[tuple[int, str]], repeats: int) -> dict[str, Any]:
+    """p = catching / judged runs among the bad steps' rate runs (rate_runs: after the first finding);
+    per good step the chance it was a miss, (1-p)^clean_runs; confidence = product of (1 - miss), lower bound =
+    1 - sum(miss).  None without rate runs (p unknown).  `stopping_rate` is the biased ratio the search's own runs
+    would give (catching runs / runs at bad steps), recorded for comparison only."""
     steps = _grouped(history)
     states = {u: step_state(v, repeats) for u, v in steps.items()}
-    bad_runs = [v for u, vs in steps.items() if states[u] == BAD for v in vs if v in (PASS, FINDING)]
-    p = (sum(v == FINDING for v in bad_runs) / len(bad_runs)) if bad_runs else None
-    misses = {u: ((1 - p) ** sum(v == PASS for v in steps[u]) if p is not None else None)
-              for u, s in states.items() if s == GOOD}
-    out = {"reproduction_rate": p, "catching_runs": sum(v == FINDING for v in bad_runs),
-           "runs_at_bad_steps": len(bad_runs), "miss_chance": {str(u): m for u, m in sorted(misses.items())}}
+    bad = [u for u, s in states.items() if s == BAD]
+    sample = [v for u in bad for v in rate_runs(steps[u])]
+    # the search's own runs at each bad step: up to and including the finding that stopped it
+    stopping = [v for u in bad for v in steps[u][:steps[u].index(FINDING) + 1] if v in (PASS, FINDING)]
+    p = (sample.count(FINDING) / len(sample)) if sample else None
+    misses = {u: (1 - p) ** steps[u].count(PASS) for u, s in states.items() if s == GOOD} if p is not None else {}
+    out: dict[str, Any] = {
+        "reproduction_rate": p, "catching_runs": sample.count(FINDING), "runs_at_bad_steps": len(sample),
+        "stopping_rate": (stopping.count(FINDING) / len(stopping)) if stopping else None,
+        "miss_chance": {str(u): m for u, m in sorted(misses.items())}}
     if p is None:
-        return out | {"confidence": None, "confidence_lower_bound": None,
-                      "why": "no bad step: the reproduction rate cannot be measured"}
+        why = ("no bad step: the reproduction rate cannot be measured" if not bad else
+               "no confirmation run after a first finding: the rate cannot be measured without the stopping bias")
+        return out | {"confidence": None, "confidence_lower_bound": None, "why": why}
     prod = 1.0
     for m in misses.values():
         prod *= 1 - m
@@ -230,7 +262,7 @@ def bisect_json(b: Bisect, runs: list[dict], outcome: dict | None, t0: float) ->
             "reproduction_rate": (outcome or {}).get("reproduction_rate"),
             "confidence": {k: (outcome or {}).get(k) for k in ("confidence", "confidence_lower_bound",
                                                                "miss_chance", "catching_runs",
-                                                               "runs_at_bad_steps", "why")
+                                                               "runs_at_bad_steps", "stopping_rate", "why")
                            if k in (outcome or {})},
             "runs_total": len(runs), "elapsed_s": round(time.monotonic() - t0, 1)}
 
@@ -255,8 +287,11 @@ def summary(doc: dict) -> str:
         L.append(f"  upto={s['upto']:<3} {s['verdict']:<5} {what}   runs: {rs}")
     c = doc.get("confidence", {})
     if doc.get("reproduction_rate") is not None:
+        biased = c.get("stopping_rate")
         L.append(f"reproduction rate p = {doc['reproduction_rate']:.3f} ({c.get('catching_runs')} catching of "
-                 f"{c.get('runs_at_bad_steps')} runs at bad steps)")
+                 f"{c.get('runs_at_bad_steps')} confirmation runs after the first finding"
+                 + (f"; the search's own runs, which stop at a finding, would say {biased:.3f}" if biased is not None
+                    else "") + ")")
         L.append(f"confidence {c.get('confidence'):.4f} (product of 1-(1-p)^R over the good steps; "
                  f"lower bound {c.get('confidence_lower_bound'):.4f})")
     elif c.get("why"):

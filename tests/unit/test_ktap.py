@@ -186,7 +186,7 @@ def bisect_doc(recorded: dict, n: int = 5, repeats: int = 1) -> dict:
 
 def test_a_bisection_is_one_parent_test_with_a_subtest_per_step(kunit_py, tmp_path):
     from harness.report.ktap import write_bisect_ktap
-    doc = bisect_doc({0: ["pass"], 5: ["finding"], 2: ["pass"], 3: ["pass"], 4: ["pass"]})
+    doc = bisect_doc({0: ["pass"], 5: ["finding", "finding"], 2: ["pass"], 3: ["pass"], 4: ["pass"]})
     path = write_bisect_ktap(doc, tmp_path / "results.ktap")
     lines = path.read_text().splitlines()
     assert lines[:5] == ["KTAP version 1", "1..1", "  KTAP version 1", "  # Subtest: bisect-mutant-d", "  1..5"]
@@ -209,7 +209,7 @@ def test_a_bisection_is_one_parent_test_with_a_subtest_per_step(kunit_py, tmp_pa
 
 
 def test_a_bisection_step_the_infrastructure_failed_is_an_error(kunit_py, tmp_path):
-    doc = bisect_doc({0: ["pass"], 5: ["finding"], 2: ["infra-error", "infra-error"], 3: ["pass"], 4: ["pass"]})
+    doc = bisect_doc({0: ["pass"], 5: ["finding", "finding"], 2: ["infra-error", "infra-error"], 3: ["pass"], 4: ["pass"]})
     text = bisect_ktap(doc)
     assert "  not ok 3 upto 2: KVM: x86/mmu: Mark folio dirty when creating # ERROR infra: the infrastructure " \
            "failed twice in a row, the step says nothing about the kernel" in text.splitlines()
@@ -243,7 +243,7 @@ def test_a_clean_series_passes(kunit_py, tmp_path):
 
 def test_bisect_writes_results_ktap_next_to_bisect_json(tmp_path):
     from harness.fleet.bisect import write_outputs
-    doc = bisect_doc({0: ["pass"], 5: ["finding"], 2: ["pass"], 3: ["pass"], 4: ["pass"]})
+    doc = bisect_doc({0: ["pass"], 5: ["finding", "finding"], 2: ["pass"], 3: ["pass"], 4: ["pass"]})
     write_outputs(tmp_path, doc)
     assert json.loads((tmp_path / "bisect.json").read_text())["first_bad"]["index"] == 5
     assert "FIRST BAD PATCH 5/5" in (tmp_path / "summary.txt").read_text()
