@@ -16,8 +16,9 @@ from typing import Any
 from harness.oracles.console import classify
 from harness.paths import REPO
 
-# CI puts a copy of shared/ beside the clone, so the corpus is found relative to the repo.
-CORPUS = REPO.parent / "shared/testdata/console"
+# syzkaller's real console logs, vendored with their licence (tests/fixtures/console-corpus/README.md)
+CORPUS = REPO / "tests/fixtures/console-corpus"
+CORPUS_MIN_LOGS = 498  # as vendored: fewer means the corpus was lost, and its tests would pass vacuously
 GOLDEN = REPO / "tests/fixtures/console-golden.json"
 
 
