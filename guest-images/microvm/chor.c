@@ -9,13 +9,21 @@
  *   swapped-in exclusive anon page writable but clean (do_swap_page), and KVM then asks for a writable mapping
  *   (hva_to_pfn_fast with FOLL_WRITE succeeds on a writable PTE), so make_spte() installs a writable SPTE with
  *   the dirty bit preset.  The guest's next write goes through it with no fault and never dirties the host PTE:
- *   the only record of that write is the SPTE.  When the mmu_notifier zaps the SPTE (MADV_PAGEOUT, reclaim,
- *   collapse), the zap must transfer it to the folio (TDP MMU: handle_changed_spte -> kvm_set_pfn_dirty /
- *   folio_mark_dirty; shadow MMU: mmu_spte_clear_track_bits).  If it does not, the folio in the swap cache
- *   is clean with a valid swap copy of the old data, reclaim drops it, and the write is lost.
+ *   the only record of that write is the SPTE.  6.12 transfers it to the folio when the mmu_notifier zaps
+ *   the SPTE (MADV_PAGEOUT, reclaim, collapse): TDP MMU handle_changed_spte -> kvm_set_pfn_dirty, shadow MMU
+ *   mmu_spte_clear_track_bits.  7.x marks the folio dirty at fault time instead, whenever the SPTE is made
+ *   writable (kvm_mmu_finish_page_fault -> kvm_release_faultin_page(..., fault->map_writable)), so the same
+ *   read fault is the window there.  If neither happens, the folio in the swap cache is clean with a valid
+ *   swap copy of the old data, reclaim drops it, and the write is lost.
+ * - The sequence is synchronous and has one vCPU per batch: race-class bugs (a missed mmu_notifier retry, a
+ *   skipped TLB flush) need concurrency and are the Linux L2's job; no in-kernel LAPIC means no async page
+ *   faults, so the faulting page itself is always the one exposed.
  * - The shadow MMU (tdp_mmu=N and nested shadow paging) prefetches the other gfns of the faulting gfn's
- *   8-aligned group (direct_pte_prefetch, PTE_PREFETCH_NUM) when their host pages are present, with writable
- *   SPTEs and no fault; a kernel that releases prefetched pages clean (or never marks them) loses writes there.
+ *   8-aligned group (__direct_pte_prefetch: runs of non-present SPTEs, PTE_PREFETCH_NUM) when their host pages
+ *   are present (gfn_to_page_many_atomic: GUP-fast, so only pages already mapped by the host, e.g. just
+ *   swapped in by a host read), with writable SPTEs and no fault; a kernel that releases prefetched pages
+ *   clean (or never marks them) loses writes there.  With dirty logging on there is no writable prefetch
+ *   (gfn_to_memslot_dirty_bitmap), and AMD NPT has accessed bits, so prefetch is on under nested SVM.
  * - With dirty logging, KVM write-protects (or clears D in) the SPTEs at each harvest; a write must reach the
  *   dirty bitmap whether the SPTE was zapped by reclaim in between or not.
  */

@@ -71,28 +71,23 @@ uint64_t pfn_of(uint64_t i)
 	return e & PM_PRESENT ? e & PM_PFN : 0;
 }
 
-/* Swapped out: a swap PTE (anon); for shared memory, whose PTE is simply gone after a page-out, not resident
- * in the page cache either. */
-static int is_swapped(uint64_t i, const unsigned char *resident)
+/* Swapped out: a swap PTE (anon).  Shared memory (memfd, a tmpfs file) keeps no swap PTE: its page-out leaves
+ * the PTE empty and mincore() still counts a page in the swap cache as resident, so for those backends a page
+ * the page-out unmapped counts (the folio went through reclaim: written to swap or the file, or dropped clean). */
+static int is_swapped(uint64_t i)
 {
 	uint64_t e = pagemap(i);
 	if (e & PM_SWAP)
 		return 1;
-	return !(e & PM_PRESENT) && resident && !(resident[0] & 1);
+	return !(e & PM_PRESENT) && (C.o.backend == B_MEMFD || C.o.backend == B_FILE);
 }
 
 /* Count the swapped pages of [first, first + n), and note the pages seen back in since they were out. */
 static uint64_t count_swapped(uint64_t first, uint64_t n)
 {
-	unsigned char *vec = NULL;
-	if (C.o.backend == B_MEMFD || C.o.backend == B_FILE) {
-		vec = malloc(n);
-		if (!vec || mincore(C.data + first * PAGE, n * PAGE, vec))
-			infra("mincore: %s", strerror(errno));
-	}
 	uint64_t k = 0;
 	for (uint64_t i = first; i < first + n; i++) {
-		int sw = is_swapped(i, vec ? vec + (i - first) : NULL);
+		int sw = is_swapped(i);
 		if (sw && !C.seen_swapped[i]) {
 			C.seen_swapped[i] = 1;
 		} else if (!sw && C.seen_swapped[i] && (pagemap(i) & PM_PRESENT)) {
@@ -101,7 +96,6 @@ static uint64_t count_swapped(uint64_t first, uint64_t n)
 		}
 		k += sw;
 	}
-	free(vec);
 	return k;
 }
 
@@ -139,13 +133,17 @@ void host_read(uint64_t first, uint64_t n)
 	step_log("host-read", first, n);
 }
 
-/* MADV_DONTNEED: the pages become never-written (zero-fill on the next touch; a read maps the zero page). */
+/* Make the pages never-written: MADV_DONTNEED on private memory (zero-fill on the next touch: a read maps the
+ * shared zero page), MADV_REMOVE on shared memory (punches the hole; DONTNEED would only unmap). */
 void host_dontneed(uint64_t first, uint64_t n)
 {
-	if (madvise(C.data + first * PAGE, n * PAGE, MADV_DONTNEED))
-		infra("madvise(MADV_DONTNEED): %s", strerror(errno));
-	for (uint64_t i = first; i < first + n; i++)
+	int shared = C.o.backend == B_MEMFD || C.o.backend == B_FILE;
+	if (madvise(C.data + first * PAGE, n * PAGE, shared ? MADV_REMOVE : MADV_DONTNEED))
+		infra("madvise(%s): %s", shared ? "MADV_REMOVE" : "MADV_DONTNEED", strerror(errno));
+	for (uint64_t i = first; i < first + n; i++) {
 		C.gen[i] = 0;
+		C.seen_swapped[i] = 0;
+	}
 	step_log("reclaim", first, n);
 }
 

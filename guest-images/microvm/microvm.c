@@ -7,8 +7,8 @@
  * format and verdicts) on the VMM's command through a mailbox page and an `out` (KVM_EXIT_IO), as the
  * selftests' ucall.  Between guest steps the VMM acts synchronously on the host side of exactly the pages in
  * play (chor.c: page-out, host reads, collapse, dirty-log harvests), so each choreography stages one window of
- * the lost-write race deterministically.  The contract with the harness (command line, output, exit codes) is
- * the header comment of chor.c's caller below and the project's micro-guest contract.
+ * the lost-write race deterministically.  Output: "@@LEDGER " lines (the ledger's schema: start, bad, selftest,
+ * round, done) and "@@MICRO " lines (step, dirtylog, counters), one JSON object per line on stdout.
  *
  * Build (one gcc call; build.sh does exactly this and then checks the guest code is self-contained):
  *     gcc -static -O2 -Wall -o microvm microvm.c kvm.c host.c chor.c guest.c
