@@ -55,11 +55,15 @@ result="-device virtio-serial-pci,id=vser0 -chardev file,id=result,path=/run/l2-
 result="$result -device virtserialport,bus=vser0.0,chardev=result,name=harness.result"
 
 # The subshell joins the cgroup first, so QEMU and all its guest memory are charged there.
+rm -f /run/l2.pid
 setsid sh -c "echo \$\$ > $cg/cgroup.procs; echo \$\$ > /run/l2.pid; renice -n 10 -p \$\$ >/dev/null
   qemu-system-x86_64 -L /usr/share/qemu -enable-kvm -cpu host,-xsave -machine pc $mem -smp $L2_CPUS \
     -nodefaults -no-user-config -vga none -display none -no-reboot \
     -serial file:/run/l2-console.log $result $dma -kernel /l2/bzImage -initrd /l2/initramfs.cpio \
     -append '$L2_APPEND' > /run/l2-qemu.log 2>&1
   echo \$? > /run/l2.rc" < /dev/null > /dev/null 2>&1 &
-sleep 0.2
+# the pid file is written once the subshell has joined the cgroup: wait for it (at most 10 s), not a fixed nap
+i=0
+while [ ! -s /run/l2.pid ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+[ -s /run/l2.pid ] || { echo "start-l2.sh: L2's pid file /run/l2.pid did not appear within 10 s" >&2; exit 1; }
 cat /run/l2.pid
