@@ -152,9 +152,26 @@ static void chor_thp_split(uint64_t first, uint64_t n)
 {
 	uint64_t *idx = range(first, n);
 	guest_write(idx, n, first, n);
-	host_pageout(first, GROUP);
+	host_split(first, n, GROUP);
 	guest_verify("verify-after-split", idx, n, first, n);
 	guest_write(idx, n, first, n);
+	host_pageout(first, n);
+	guest_verify("read-after-pageout", idx, n, first, n);
+	write_pageout_verify(range(first, n), n, first, n, "verify-after-pageout");
+}
+
+/* Window: KSM-merged pages (read-only in the host, one pfn) written by the guest.  The guest fills the batch
+ * with identical content -> ksmd merges it (MADV_MERGEABLE; the VMM waits for one pfn) -> the guest reads it
+ * (read-only SPTE on the KSM page) -> writes g (a write fault breaks COW: a new anon page, host PTE dirty) ->
+ * page out -> read-after-swap-out -> write g+1 -> page out -> verify.  Needs ksmd on (scenario knob ksm). */
+static void chor_ksm(uint64_t first, uint64_t n)
+{
+	uint64_t *idx = range(first, n);
+	guest_fill(idx, n, first, n);
+	host_ksm_merge(first, n);
+	guest_read(idx, n, first, n);
+	guest_write(idx, n, first, n);
+	host_ksm_unmerge(first, n);
 	host_pageout(first, n);
 	guest_verify("read-after-pageout", idx, n, first, n);
 	write_pageout_verify(range(first, n), n, first, n, "verify-after-pageout");
@@ -174,6 +191,9 @@ const struct chor CHORS[] = {
 	 "SPTE), page out, verify", chor_thp_collapse, HPAGE_PAGES, B_THP, 0},
 	{"thp-split", "THP backend: write a THP (2 MiB SPTE), page out 8 of its pages (split), verify, write, "
 	 "page out, read after swap-out, write, page out, verify", chor_thp_split, HPAGE_PAGES, B_THP, 0},
+	{"ksm-then-write", "identical pages merged by ksmd (one read-only pfn), read by the guest (read-only "
+	 "SPTE), written (COW break), page out, read after swap-out, write, page out, verify (needs ksm on)",
+	 chor_ksm, 1, B_ANON, 0},
 };
 const int NCHORS = sizeof(CHORS) / sizeof(CHORS[0]);
 

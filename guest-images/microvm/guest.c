@@ -99,6 +99,9 @@ GUEST_FN static void guest_command(struct mailbox *mb)
 		uint64_t gfn = (uint64_t)p / PAGE;
 		if (mb->op == OP_WRITE) {
 			page_write(p, e[k].index, e[k].gen, mb->seed, gfn, mb->hw_crc, t);
+		} else if (mb->op == OP_FILL) { /* identical pages, no ledger header */
+			for (uint64_t w = 0; w < PAGE / 8; w++)
+				((volatile uint64_t *)p)[w] = FILL_WORD;
 		} else if (mb->op == OP_READ) { /* one load: a read fault on the page, nothing verified */
 			e[k].found = ((volatile struct page_hdr *)p)->generation;
 		} else if (mb->op == OP_VERIFY) {

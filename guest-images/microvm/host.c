@@ -82,13 +82,14 @@ static int is_swapped(uint64_t i)
 	return !(e & PM_PRESENT) && (C.o.backend == B_MEMFD || C.o.backend == B_FILE);
 }
 
-/* Count the swapped pages of [first, first + n), and note the pages seen back in since they were out. */
-static uint64_t count_swapped(uint64_t first, uint64_t n)
+/* Count the swapped pages of [first, first + n), and note the pages seen back in since a page-out (`out`: this
+ * step is one) put them out. */
+static uint64_t count_swapped(uint64_t first, uint64_t n, int out)
 {
 	uint64_t k = 0;
 	for (uint64_t i = first; i < first + n; i++) {
 		int sw = is_swapped(i);
-		if (sw && !C.seen_swapped[i]) {
+		if (sw && out) {
 			C.seen_swapped[i] = 1;
 		} else if (!sw && C.seen_swapped[i] && (pagemap(i) & PM_PRESENT)) {
 			C.seen_swapped[i] = 0;
@@ -101,14 +102,15 @@ static uint64_t count_swapped(uint64_t first, uint64_t n)
 
 void step_log(const char *step, uint64_t first, uint64_t n)
 {
-	uint64_t sw = count_swapped(first, n);
+	int out = !strcmp(step, "pageout") || !strcmp(step, "split");
+	uint64_t sw = count_swapped(first, n, out);
 	printf("@@MICRO {\"ev\":\"step\",\"chor\":\"%s\",\"round\":%llu,\"step\":\"%s\",\"first_gfn\":%llu,"
 	       "\"npages\":%llu,\"pfns\":[", C.chor, (unsigned long long)C.round, step,
 	       (unsigned long long)(DATA_GPA / PAGE + first), (unsigned long long)n);
 	for (uint64_t k = 0; k < 8 && k < n; k++)
 		printf("%s%llu", k ? "," : "", (unsigned long long)pfn_of(first + k));
 	printf("],\"swapped\":%llu,\"vcpu\":%d,\"t\":%.3f}\n", (unsigned long long)sw, C.vcpu, elapsed());
-	if (!strcmp(step, "pageout"))
+	if (out)
 		C.pages_out += sw;
 }
 
@@ -144,7 +146,7 @@ void host_dontneed(uint64_t first, uint64_t n)
 		C.gen[i] = 0;
 		C.seen_swapped[i] = 0;
 	}
-	step_log("reclaim", first, n);
+	step_log("discard", first, n);
 }
 
 /* MADV_COLLAPSE: a new THP replaces the 4 KiB pages (copied; the SPTEs of the range are zapped). */
@@ -153,6 +155,60 @@ void host_collapse(uint64_t first, uint64_t n)
 	if (madvise(C.data + first * PAGE, n * PAGE, MADV_COLLAPSE))
 		infra("madvise(MADV_COLLAPSE): %s", strerror(errno));
 	step_log("collapse", first, n);
+}
+
+/* A THP split: MADV_PAGEOUT of only the first `out` pages of a THP splits the folio (and zaps the huge SPTE)
+ * before it pages out those pages. */
+void host_split(uint64_t first, uint64_t n, uint64_t out)
+{
+	if (madvise(C.data + first * PAGE, out * PAGE, MADV_PAGEOUT))
+		infra("madvise(MADV_PAGEOUT) of part of a THP: %s", strerror(errno));
+	C.pageouts++;
+	step_log("split", first, n);
+}
+
+static long ksm_knob(const char *name)
+{
+	char path[128], buf[32];
+	snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t r = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+	if (fd >= 0)
+		close(fd);
+	if (r <= 0)
+		return -1;
+	buf[r] = 0;
+	return strtol(buf, NULL, 10);
+}
+
+/* MADV_MERGEABLE, then wait (up to 20 s) for ksmd to merge the batch's identical pages: all mapped to one pfn,
+ * read-only in the host.  ksmd must run (/sys/kernel/mm/ksm/run = 1: the scenario's ksm knob). */
+void host_ksm_merge(uint64_t first, uint64_t n)
+{
+	if (ksm_knob("run") != 1)
+		infra("KSM is not running (/sys/kernel/mm/ksm/run is not 1): the ksm choreography needs ksm on");
+	if (madvise(C.data + first * PAGE, n * PAGE, MADV_MERGEABLE))
+		infra("madvise(MADV_MERGEABLE): %s", strerror(errno));
+	uint64_t merged = 0;
+	for (double t = elapsed(); elapsed() - t < 20;) {
+		uint64_t pfn0 = pfn_of(first);
+		merged = 0;
+		for (uint64_t i = first; i < first + n; i++)
+			merged += pfn0 && pfn_of(i) == pfn0;
+		if (merged == n)
+			break;
+		usleep(20000);
+	}
+	step_log("ksm-merge", first, n);
+	if (merged != n)
+		infra("ksmd merged %llu of %llu identical pages within 20 s", (unsigned long long)merged,
+		      (unsigned long long)n);
+}
+
+void host_ksm_unmerge(uint64_t first, uint64_t n)
+{
+	if (madvise(C.data + first * PAGE, n * PAGE, MADV_UNMERGEABLE))
+		infra("madvise(MADV_UNMERGEABLE): %s", strerror(errno));
 }
 
 /* Self-test: put the previous generation's copy back behind the guest's back on up to --selftest pages of

@@ -127,6 +127,15 @@ void guest_read(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span)
 	step_log("guest-read", first, span);
 }
 
+/* Identical content, no ledger page: the generation becomes 0 (a later verify would need a write first). */
+void guest_fill(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span)
+{
+	for (uint64_t k = 0; k < n; k++)
+		C.gen[idx[k]] = 0;
+	run_chunks(OP_FILL, idx, n, NULL);
+	step_log("guest-write", first, span);
+}
+
 static const char *verify_step;
 
 static void report_bad(struct entry *e, uint64_t m)

@@ -75,12 +75,16 @@ void host_pageout(uint64_t first, uint64_t n);
 void host_read(uint64_t first, uint64_t n);
 void host_dontneed(uint64_t first, uint64_t n);
 void host_collapse(uint64_t first, uint64_t n);
+void host_split(uint64_t first, uint64_t n, uint64_t out);
+void host_ksm_merge(uint64_t first, uint64_t n);
+void host_ksm_unmerge(uint64_t first, uint64_t n);
 void host_plant_old_copies(const uint64_t *idx, uint64_t n);
 void dirty_harvest(uint64_t first, uint64_t n);
 
 /* microvm.c: guest commands on a list of page indices (chunked to the entry array) */
 void guest_write(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span);
 void guest_read(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span);
+void guest_fill(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span);
 void guest_verify(const char *step, const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span);
 
 /* chor.c */
