@@ -83,3 +83,13 @@ def slug(path: Path) -> str:
     path = Path(path).resolve()
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in path.name)[:40] or "tree"
     return f"tree-{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
+
+
+def is_bzimage(path: Path) -> bool:
+    """An x86 boot image: the "HdrS" magic of the boot protocol at offset 0x202."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0x202)
+            return f.read(4) == b"HdrS"
+    except OSError:
+        return False

@@ -33,6 +33,7 @@ from harness.kernel import change as change_mod
 from harness.kernel import kconfig
 from harness.kernel.artifact import (
     HARNESS_FRAGMENTS,
+    is_bzimage,
     _finish,
     _kernels,
     normalize_modules,
@@ -196,6 +197,8 @@ def external_kernel(bzimage: Path, modules: Path | None, change: dict | None = N
     """--kernel BZIMAGE --modules DIR|TARBALL (as tuxrun): an artifact with the modules decompressed and
     depmod'ed; a config found beside the bzImage (config, .config) or in the modules' folder is checked."""
     bzimage, modules = Path(bzimage).resolve(), Path(modules).resolve() if modules else None
+    if not is_bzimage(bzimage):
+        raise InputError(f"--kernel {bzimage}: not a bzImage (no x86 boot header), nor a kernel folder or tree")
     if modules is None:
         raise InputError(f"--kernel {bzimage} is a bzImage: give its modules with --modules DIR|TARBALL "
                          "(L1 loads kvm, kvm_amd/kvm_intel and zram as modules)")

@@ -15,6 +15,7 @@ import pytest
 from harness.errors import InputError
 from harness.kernel import change, kconfig, tree, treebuild
 
+BZ = b"\0" * 0x202 + b"HdrS" + b"\0" * 64        # the x86 boot protocol's magic, where a bzImage has it
 GOOD_CONFIG = "CONFIG_VIRTUALIZATION=y\nCONFIG_KVM=m\nCONFIG_KVM_AMD=m\nCONFIG_KVM_INTEL=m\nCONFIG_MODULES=y\nCONFIG_SWAP=y" + "\n"
 
 
@@ -237,11 +238,14 @@ def test_external_bzimage_with_a_gzip_modules_tarball(tmp_path, monkeypatch):
         tf.add(tmp_path / "staging/lib", arcname="lib")
     bz = tmp_path / "out/bzImage"
     bz.parent.mkdir()
-    bz.write_bytes(b"bz")
+    bz.write_bytes(BZ)
     art = tree.external_kernel(bz, tb)
     assert (art / "modules/lib/modules/7.2.13/kernel/kvm.ko").read_bytes() == b"mod"
     with pytest.raises(InputError, match="--modules"):
         tree.external_kernel(bz, None)
+    (tmp_path / "notes.txt").write_text("not a kernel")
+    with pytest.raises(InputError, match="not a bzImage"):
+        tree.external_kernel(tmp_path / "notes.txt", tb)
 
 
 # ---------------------------------------------------------------------------------------------- options
