@@ -154,6 +154,8 @@ class Scenario(Strict):
         if self.memory_backend == "thp" and self.guest != "micro":
             raise ValueError("memory_backend thp is the micro-guest's (guest: micro); L2's RAM is anon, memfd or "
                              "file, with the thp knob")
+        if self.guest == "micro":
+            self._micro_fit()
         if self.l2_kernel_node_mb:
             if self.l2_kernel_node_mb < 96:
                 raise ValueError("l2_kernel_node_mb must be 0 (one node) or at least 96 (L2's kernel lives there)")
@@ -173,6 +175,17 @@ class Scenario(Strict):
         if self.l2_memory_mb * 2 > self.swap.size_mb:
             raise ValueError("swap.size_mb must be at least twice l2_memory_mb: swap more than half full hides the race")
         return self
+
+    def _micro_fit(self) -> None:
+        """Choreographies that need a backend or a knob say so before L1 boots, not as microvm's exit 2 after."""
+        chors = self.micro.choreographies
+        thp = [c for c in chors if c.startswith("thp-")]
+        if thp and self.memory_backend != "thp":
+            raise ValueError(f"micro choreography {thp[0]} needs memory_backend: thp")
+        if self.memory_backend == "thp" and self.thp == "never":
+            raise ValueError("memory_backend thp needs thp: madvise or always in L1")
+        if "ksm-then-write" in chors and not self.ksm:
+            raise ValueError("micro choreography ksm-then-write needs ksm: true")
 
     @property
     def ledger_pages(self) -> int:

@@ -58,8 +58,8 @@ MICRO_STEPS = ("guest-write", "pageout", "reclaim", "host-read", "guest-read", "
 # The names are the contract with guest-images/microvm (its `microvm --list` prints NAME<TAB>description; a unit
 # test keeps this table equal to it).  Each stages one window of the lost-write race.
 CHOREOGRAPHIES: dict[str, str] = {
-    "write-pageout-read-write": "write, page out, read fault after swap-out (writable-clean host PTE, writable "
-                                "SPTE), write with no fault, page out, verify: the zap must dirty the folio",
+    "write-pageout-read-write": "write, page out, read fault after swap-out (writable-clean host PTE, writable SPTE),"
+                                " write with no fault, page out, verify: the zap must dirty the folio",
     "host-read-prefetch": "page out, host reads swap the batch in (no SPTE), guest faults one gfn per 8-gfn group "
                           "(shadow-MMU prefetch maps the neighbours), writes the neighbours, page out, verify",
     "dirty-log": "dirty logging on; write, page out, harvest, read after swap-out, write, page out, harvest: every "
@@ -70,6 +70,8 @@ CHOREOGRAPHIES: dict[str, str] = {
                     "page out, verify",
     "thp-split": "THP backend: write a THP (2 MiB SPTE), page out 8 of its pages (split), verify, write, page out, "
                  "read after swap-out, write, page out, verify",
+    "ksm-then-write": "identical pages merged by ksmd (one read-only pfn), read by the guest (read-only SPTE), "
+                      "written (COW break), page out, read after swap-out, write, page out, verify (needs ksm on)",
 }
 MICRO_BACKENDS = ("anon", "thp", "memfd", "file")
 MICRO_DATA_FILE = "/run/microvm.data"  # the `file` backend's file in L1's tmpfs

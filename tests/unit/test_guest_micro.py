@@ -83,6 +83,9 @@ def test_default_guest_is_linux_and_micro_knobs_validate():
     ("", ["guest=vmware"], "guest"),
     ("", ["memory_backend=thp"], "memory_backend thp is the micro-guest's"),
     ("guest: micro", ["micro.selftest_pages=5000"], "selftest_pages must not exceed pages"),
+    ("guest: micro", ["micro.choreographies=[thp-split]"], "thp-split needs memory_backend: thp"),
+    ("guest: micro\nmemory_backend: thp", [], "memory_backend thp needs thp: madvise or always"),
+    ("guest: micro", ["micro.choreographies=[ksm-then-write]"], "ksm-then-write needs ksm: true"),
 ])
 def test_bad_micro_input_is_one_line(text, overrides, needle):
     with pytest.raises(InputError) as e:
