@@ -43,12 +43,14 @@
 #define HDR_WORDS 5
 #define CRC_OFF (PAGE - 8)
 #define MAX_BAD_LINES 200 /* individually printed bad pages per run; the rest are counted */
+#define GFN_UNKNOWN (~0ULL) /* no gfn from pagemap (unreadable, page absent, or a PFN hidden from non-root) */
 
 struct page_hdr {
 	uint64_t magic, index, generation, seed, gfn;
 };
 
 static long opt_node = -1;
+static int opt_no_mlock;
 static uint64_t opt_seed = 1, opt_pages = 1024, opt_rounds = 4, opt_batch = 256, opt_selftest, opt_trail;
 static double opt_write_frac = 0.5, opt_window = 3.0, opt_dma_frac;
 static const char *opt_dma_dev;
@@ -140,8 +142,18 @@ static uint64_t gfn_of(const void *addr)
 	uint64_t ent = 0;
 	if (pagemap_fd < 0 ||
 	    pread(pagemap_fd, &ent, 8, ((uintptr_t)addr / PAGE) * 8) != 8 || !(ent & (1ULL << 63)))
-		return ~0ULL;
-	return ent & ((1ULL << 55) - 1);
+		return GFN_UNKNOWN;
+	ent &= (1ULL << 55) - 1;
+	return ent ? ent : GFN_UNKNOWN; /* 0: the kernel hides PFNs from a reader without CAP_SYS_ADMIN */
+}
+
+/* A gfn as a JSON value: its number, or null when unknown (never 2^64-1 passed off as a frame). */
+static const char *gfn_json(uint64_t gfn, char *out, size_t len)
+{
+	if (gfn == GFN_UNKNOWN)
+		return "null";
+	snprintf(out, len, "%lu", gfn);
+	return out;
 }
 
 /* Does round r DMA-write the pages of 8-gfn group g (the shadow MMU prefetches within such a group)?  Seeded,
@@ -175,7 +187,7 @@ static int dma_batch(uint8_t *buf, uint64_t b, uint64_t e, uint64_t r)
 	int n = 0;
 	for (uint64_t i = b; i <= e; i++) {
 		uint64_t gfn = i < e ? gfn_of(buf + i * PAGE) : 0;
-		int take = i < e && dma_selected(r, (gfn == ~0ULL ? i : gfn) / 8);
+		int take = i < e && dma_selected(r, (gfn == GFN_UNKNOWN ? i : gfn) / 8);
 		if (take) {
 			iov[n].iov_base = buf + i * PAGE;
 			iov[n].iov_len = PAGE;
@@ -250,10 +262,13 @@ static void verify_page(uint8_t *p, uint64_t i, uint64_t want, uint64_t round)
 	if (!strcmp(cls, "stale")) n_stale++;
 	else if (!strcmp(cls, "zero")) n_zero++;
 	else n_corrupt++;
-	if (bad_lines++ < MAX_BAD_LINES)
-		printf("@@LEDGER {\"ev\":\"bad\",\"class\":\"%s\",\"round\":%lu,\"index\":%lu,\"gfn\":%lu,"
-		       "\"expected\":%lu,\"found\":%lu,\"hdr_gfn\":%lu,\"t\":%.3f}\n",
-		       cls, round, i, gfn_of(p), want, found, ((const struct page_hdr *)p)->gfn, elapsed());
+	if (bad_lines++ < MAX_BAD_LINES) {
+		char g[24], hg[24];
+		printf("@@LEDGER {\"ev\":\"bad\",\"class\":\"%s\",\"round\":%lu,\"index\":%lu,\"gfn\":%s,"
+		       "\"expected\":%lu,\"found\":%lu,\"hdr_gfn\":%s,\"t\":%.3f}\n",
+		       cls, round, i, gfn_json(gfn_of(p), g, sizeof(g)), want, found,
+		       gfn_json(((const struct page_hdr *)p)->gfn, hg, sizeof(hg)), elapsed());
+	}
 	write_page(p, i, want);
 }
 
@@ -272,37 +287,92 @@ static void progress(const char *phase, uint64_t round, uint64_t done)
 	fflush(stdout);
 }
 
+/* A whole non-negative number for option --name, or a message and exit 2 (never a silent 0 from "abc"). */
+static uint64_t parse_u64(const char *name, const char *arg)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(arg, &end, 0);
+	if (errno || end == arg || *end || strchr(arg, '-')) {
+		fprintf(stderr, "ledger: --%s: not a whole number >= 0: '%s'\n", name, arg);
+		exit(2);
+	}
+	return v;
+}
+
+static double parse_double(const char *name, const char *arg)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(arg, &end);
+	if (errno || end == arg || *end || v != v) {
+		fprintf(stderr, "ledger: --%s: not a number: '%s'\n", name, arg);
+		exit(2);
+	}
+	return v;
+}
+
+/* The options' ranges: a bad one is a message and exit 2 (--batch 0 would loop forever). */
+static int check_options(void)
+{
+	const char *bad = NULL;
+	if (opt_pages < 1 || opt_pages > SIZE_MAX / PAGE / 2)
+		bad = "--pages must be at least 1 (and fit in memory)";
+	else if (opt_rounds < 1)
+		bad = "--rounds must be at least 1";
+	else if (opt_batch < 1 || opt_batch > SIZE_MAX / PAGE)
+		bad = "--batch must be at least 1 (and fit in memory)";
+	else if (opt_trail > opt_pages)
+		bad = "--trail must not exceed --pages";
+	else if (opt_selftest > opt_pages)
+		bad = "--selftest must not exceed --pages";
+	else if (opt_write_frac < 0 || opt_write_frac > 1)
+		bad = "--write-frac must be in [0, 1]";
+	else if (opt_window < 0 || opt_window > 86400)
+		bad = "--window must be in [0, 86400] seconds";
+	else if (opt_node < -1 || opt_node >= (long)(8 * sizeof(unsigned long)))
+		bad = "--node must be -1 (no binding) or a NUMA node number below 64";
+	else if (opt_dma_frac < 0 || opt_dma_frac > 1 || (opt_dma_frac > 0 && !opt_dma_dev))
+		bad = "--dma-frac must be in [0, 1] and needs --dma-dev";
+	if (bad)
+		fprintf(stderr, "ledger: %s\n", bad);
+	return bad != NULL;
+}
+
 int main(int argc, char **argv)
 {
 	static struct option opts[] = {
 		{"pages", 1, 0, 'p'}, {"rounds", 1, 0, 'r'}, {"seed", 1, 0, 's'}, {"write-frac", 1, 0, 'w'},
 		{"window", 1, 0, 'W'}, {"batch", 1, 0, 'b'}, {"selftest", 1, 0, 'T'}, {"trail", 1, 0, 't'},
-		{"node", 1, 0, 'n'}, {"dma-frac", 1, 0, 'D'}, {"dma-dev", 1, 0, 'd'},
+		{"node", 1, 0, 'n'}, {"dma-frac", 1, 0, 'D'}, {"dma-dev", 1, 0, 'd'}, {"no-mlock", 0, 0, 'M'},
 		{0, 0, 0, 0}};
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'p': opt_pages = strtoull(optarg, 0, 0); break;
-		case 'r': opt_rounds = strtoull(optarg, 0, 0); break;
-		case 's': opt_seed = strtoull(optarg, 0, 0); break;
-		case 'w': opt_write_frac = atof(optarg); break;
-		case 'W': opt_window = atof(optarg); break;
-		case 'b': opt_batch = strtoull(optarg, 0, 0); break;
-		case 'T': opt_selftest = strtoull(optarg, 0, 0); break;
-		case 't': opt_trail = strtoull(optarg, 0, 0); break;
-		case 'n': opt_node = strtol(optarg, 0, 0); break;
-		case 'D': opt_dma_frac = atof(optarg); break;
+		case 'p': opt_pages = parse_u64("pages", optarg); break;
+		case 'r': opt_rounds = parse_u64("rounds", optarg); break;
+		case 's': opt_seed = parse_u64("seed", optarg); break;
+		case 'w': opt_write_frac = parse_double("write-frac", optarg); break;
+		case 'W': opt_window = parse_double("window", optarg); break;
+		case 'b': opt_batch = parse_u64("batch", optarg); break;
+		case 'T': opt_selftest = parse_u64("selftest", optarg); break;
+		case 't': opt_trail = parse_u64("trail", optarg); break;
+		case 'n': opt_node = !strcmp(optarg, "-1") ? -1 : (long)parse_u64("node", optarg); break;
+		case 'D': opt_dma_frac = parse_double("dma-frac", optarg); break;
 		case 'd': opt_dma_dev = optarg; break;
+		case 'M': opt_no_mlock = 1; break;
 		default: fprintf(stderr, "usage: ledger --pages N --rounds R --seed S [--write-frac F] "
 					 "[--window SEC] [--batch N] [--selftest N] [--trail BATCHES] [--node N] "
-					 "[--dma-frac F --dma-dev DEV]\n");
+					 "[--dma-frac F --dma-dev DEV] [--no-mlock]\n");
 			return 2;
 		}
 	}
-	if (opt_dma_frac < 0 || opt_dma_frac > 1 || (opt_dma_frac > 0 && !opt_dma_dev)) {
-		fprintf(stderr, "ledger: --dma-frac must be in [0, 1] and needs --dma-dev\n");
+	if (optind < argc) {
+		fprintf(stderr, "ledger: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
+	if (check_options())
+		return 2;
 	if (opt_dma_frac > 0 && dma_open())
 		return 3;
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -315,7 +385,11 @@ int main(int argc, char **argv)
 		perror("mmap");
 		return 3;
 	}
-	madvise(buf, opt_pages * PAGE, MADV_NOHUGEPAGE);
+	/* 4 KiB pages: a THP would make one lost write look like 512, and change what reclaim does */
+	if (madvise(buf, opt_pages * PAGE, MADV_NOHUGEPAGE)) {
+		perror("ledger: madvise(MADV_NOHUGEPAGE)");
+		return 3;
+	}
 	if (opt_node >= 0) {
 		/* Bind our pages to the data node (L1 keeps L2's kernel on node 0, out of reclaim's way). */
 		unsigned long mask = 1UL << opt_node;
@@ -325,8 +399,12 @@ int main(int argc, char **argv)
 		}
 	}
 	/* Lock on fault, not up front: a populate pass would write every page once more before round 0. */
-	if (syscall(SYS_mlock2, buf, opt_pages * PAGE, 1 /* MLOCK_ONFAULT */))
-		mlock(buf, opt_pages * PAGE);
+	if (!opt_no_mlock && syscall(SYS_mlock2, buf, opt_pages * PAGE, 1 /* MLOCK_ONFAULT */) &&
+	    mlock(buf, opt_pages * PAGE)) {
+		fprintf(stderr, "ledger: mlock of %lu pages: %s (RLIMIT_MEMLOCK? run as root, or --no-mlock off L2)\n",
+			opt_pages, strerror(errno));
+		return 3;
+	}
 	printf("@@LEDGER {\"ev\":\"start\",\"pages\":%lu,\"rounds\":%lu,\"seed\":%lu,\"write_frac\":%.3f,"
 	       "\"window\":%.1f,\"batch\":%lu,\"selftest\":%lu,\"trail\":%lu,\"node\":%ld,\"crc\":\"%s\"}\n",
 	       opt_pages, opt_rounds, opt_seed, opt_write_frac, opt_window, opt_batch, opt_selftest, opt_trail, opt_node,

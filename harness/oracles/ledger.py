@@ -11,6 +11,13 @@ from harness.guest.contract import LEDGER_PREFIX
 PREFIX = LEDGER_PREFIX
 # a bad page's fields a finding keeps (the micro-guest adds the choreography, its step and the page's L1 pfn)
 EXAMPLE_KEYS = ("index", "gfn", "expected", "found", "round", "chor", "step", "pfn")
+# A bad page's gfn is null when the ledger could not read it from pagemap; ledgers before that printed 2^64-1.
+OLD_UNKNOWN_GFN = (1 << 64) - 1
+
+
+def gfn_text(gfn: object) -> str:
+    """A bad page's gfn for people: hex, or 'unknown' (null, or the old ledgers' 2^64-1)."""
+    return f"{gfn:#x}" if isinstance(gfn, int) and gfn != OLD_UNKNOWN_GFN else "unknown"
 
 
 @dataclass

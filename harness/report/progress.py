@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from harness.oracles.ledger import gfn_text
+
 
 class RunProgress:
     def __init__(self, run_id: str, rounds: int, console: Console | None = None):
@@ -48,7 +50,7 @@ class RunProgress:
         elif kind == "bad":
             self.findings += 1
             if self.findings <= 3:
-                self(f"ledger: BAD PAGE {ev.get('class')} index={ev.get('index')} gfn={ev.get('gfn', 0):#x} "
+                self(f"ledger: BAD PAGE {ev.get('class')} index={ev.get('index')} gfn={gfn_text(ev.get('gfn'))} "
                      f"expected gen {ev.get('expected')} found {ev.get('found')} (round {ev.get('round')})")
         elif kind == "progress":
             self.verified = max(self.verified, ev.get("pages", 0))

@@ -3,6 +3,7 @@ false positives, time to catch and TCG retry rates.  Pure functions of the cells
 from __future__ import annotations
 
 from harness.fleet.matrix.model import Cell, Matrix
+from harness.oracles.ledger import gfn_text
 
 
 def run_entry(run: dict, run_dir: str, seed: int) -> dict:
@@ -23,7 +24,7 @@ def evidence(findings: list[dict]) -> list[str]:
     for f in real:
         if f["oracle"] == "ledger":
             p = (f.get("pages") or [{}])[0]
-            out.append(f"ledger: {f['title']}; first gfn {p.get('gfn', 0):#x} (index {p.get('index')}, "
+            out.append(f"ledger: {f['title']}; first gfn {gfn_text(p.get('gfn'))} (index {p.get('index')}, "
                        f"gen {p.get('found')} instead of {p.get('expected')})")
             break
     tl = next((f for f in real if f.get("kind") == "ledger-timeline" and f.get("pfn") is not None), None)
