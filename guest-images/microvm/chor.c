@@ -73,12 +73,22 @@ static void chor_wprw(uint64_t first, uint64_t n)
 	write_pageout_verify(range(first, n), n, first, n, "verify-after-pageout");
 }
 
+/* Which gfn of the 8-gfn group at page g faults: seeded, so that over seeds the prefetched runs lie before,
+ * after and on both sides of the faulting gfn (__direct_pte_prefetch maps runs of absent SPTEs around it). */
+static uint64_t head_of(uint64_t g)
+{
+	uint64_t h = (C.o.seed + 1) * 0x9e3779b97f4a7c15ULL ^ (C.round << 32) ^ g;
+	h ^= h >> 29;
+	h *= 0xbf58476d1ce4e5b9ULL;
+	return (h ^ (h >> 32)) % GROUP;
+}
+
 /* Window: shadow-MMU prefetch of pages swapped in by the host.  (a) write g -> (b) page out -> (c) the VMM
- * reads the batch: swap-in by a host read fault, writable-clean PTEs, no SPTE -> (d) the guest reads the first
- * gfn of each 8-gfn group: the fault maps it, and direct_pte_prefetch maps the 7 present neighbours writable
- * without a fault -> (e) the guest writes the neighbours only (through the prefetched SPTEs) -> (f) page out ->
- * (g) verify the batch.  Under the TDP MMU (no prefetch) the neighbours take ordinary write faults: still a
- * valid clean-kernel check. */
+ * reads the batch: swap-in by a host read fault, writable-clean PTEs, no SPTE -> (d) the guest reads one
+ * (seeded) gfn of each 8-gfn group: the fault maps it, and __direct_pte_prefetch maps the 7 present
+ * neighbours writable without a fault -> (e) the guest writes the neighbours only (through the prefetched
+ * SPTEs) -> (f) page out -> (g) verify the batch.  Under the TDP MMU (no prefetch) the neighbours take
+ * ordinary write faults: still a valid clean-kernel check. */
 static void chor_prefetch(uint64_t first, uint64_t n)
 {
 	uint64_t *idx = range(first, n);
@@ -87,7 +97,7 @@ static void chor_prefetch(uint64_t first, uint64_t n)
 	host_read(first, n);
 	uint64_t heads[n / GROUP + 1], neigh[n], nh = 0, nn = 0;
 	for (uint64_t k = 0; k < n; k++) {
-		if (k % GROUP == 0)
+		if (k % GROUP == head_of(first + k - k % GROUP))
 			heads[nh++] = first + k;
 		else
 			neigh[nn++] = first + k;
