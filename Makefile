@@ -6,7 +6,7 @@ HARNESS := $(VENV)/bin/harness
 PYTEST  := $(PY) -m pytest
 RESULTS := results
 
-.PHONY: setup setup-build run test test-unit test-integration test-on-hardware nightly bench doctor clean
+.PHONY: setup setup-build run lint test test-unit test-integration test-on-hardware nightly bench doctor clean
 
 $(VENV)/.installed: pyproject.toml scripts/install-deps.sh
 	scripts/install-deps.sh
@@ -23,11 +23,18 @@ setup-build: setup
 run: setup
 	$(HARNESS) run $(ARGS)
 
-## Unit tests + integration tests that boot the real nested pipeline under TCG and one real (cached) kernel build.
-test: setup-build
+## ruff (harness/, tests/), mypy (strict on the judge, the oracles it runs, the result models; pyproject.toml) and
+## the import-layer contract of docs/architecture.md (lint-imports): seconds, so they run before the tests.
+lint: setup
+	$(VENV)/bin/ruff check harness tests
+	$(VENV)/bin/mypy harness
+	$(VENV)/bin/lint-imports --no-cache
+
+## Lint, unit tests + integration tests that boot the real nested pipeline under TCG and one real (cached) kernel build.
+test: setup-build lint
 	HARNESS_KERNEL_BUILD=1 $(PYTEST) tests --junitxml=$(RESULTS)/junit-tests.xml $(PYTEST_ARGS)
 
-test-unit: setup
+test-unit: setup lint
 	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 test-integration: setup-build
