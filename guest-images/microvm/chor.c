@@ -56,6 +56,7 @@ static void write_pageout_verify(const uint64_t *idx, uint64_t m, uint64_t first
 {
 	guest_write(idx, m, first, n);
 	host_plant_old_copies(idx, m);
+	host_wait_writeback();
 	host_pageout(first, n);
 	guest_verify(step, range(first, n), n, first, n);
 }
@@ -119,6 +120,7 @@ static void chor_dirtylog(uint64_t first, uint64_t n)
 	guest_verify("read-after-pageout", idx, n, first, n);
 	guest_write(idx, n, first, n);
 	host_plant_old_copies(idx, n);
+	host_wait_writeback();
 	host_pageout(first, n);
 	dirty_harvest(first, n);
 	guest_verify("verify-after-pageout", idx, n, first, n);

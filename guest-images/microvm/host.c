@@ -109,7 +109,12 @@ void step_log(const char *step, uint64_t first, uint64_t n)
 	       (unsigned long long)(DATA_GPA / PAGE + first), (unsigned long long)n);
 	for (uint64_t k = 0; k < 8 && k < n; k++)
 		printf("%s%llu", k ? "," : "", (unsigned long long)pfn_of(first + k));
-	printf("],\"swapped\":%llu,\"vcpu\":%d,\"t\":%.3f}\n", (unsigned long long)sw, C.vcpu, elapsed());
+	/* faults: KVM's pf_fixed since the previous step (a guest step that should fault, or should not) */
+	static long long last_faults;
+	long long f = guest_faults(&C.vm), df = f < 0 ? -1 : f - last_faults;
+	last_faults = f;
+	printf("],\"swapped\":%llu,\"faults\":%lld,\"vcpu\":%d,\"t\":%.3f}\n", (unsigned long long)sw, df, C.vcpu,
+	       elapsed());
 	if (out)
 		C.pages_out += sw;
 }
@@ -122,6 +127,31 @@ void host_pageout(uint64_t first, uint64_t n)
 		infra("madvise(MADV_PAGEOUT): %s", strerror(errno));
 	C.pageouts++;
 	step_log("pageout", first, n);
+}
+
+static long vmstat_writeback(void)
+{
+	char buf[16384];
+	int fd = open("/proc/vmstat", O_RDONLY | O_CLOEXEC);
+	ssize_t r = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+	if (fd >= 0)
+		close(fd);
+	if (r <= 0)
+		return -1;
+	buf[r] = 0;
+	char *p = strstr(buf, "\nnr_writeback ");
+	return p ? strtol(p + 14, NULL, 10) : -1;
+}
+
+/* Wait (up to 3 s) until no page is under writeback.  Before the page-out that follows a write with no fault:
+ * the first page-out's swap writeback must be over, so that a folio the kernel forgot to dirty is clean in the
+ * swap cache and this page-out drops it (a folio still under writeback is kept, and the loss would hide). */
+void host_wait_writeback(void)
+{
+	double t = elapsed();
+	while (vmstat_writeback() > 0 && elapsed() - t < 3)
+		usleep(2000);
+	C.writeback_wait_s += elapsed() - t;
 }
 
 /* Host reads (the VMM's own loads): swap the pages back in by a read fault, mapped writable but clean, with

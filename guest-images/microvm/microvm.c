@@ -349,9 +349,9 @@ int main(int argc, char **argv)
 	C.round = C.o.rounds;
 	final_verify();
 	printf("@@MICRO {\"ev\":\"counters\",\"pageouts\":%llu,\"pages_out\":%llu,\"pages_in\":%llu,"
-	       "\"guest_faults\":%lld,\"dirty_log_missing\":%llu,\"t\":%.3f}\n",
+	       "\"guest_faults\":%lld,\"dirty_log_missing\":%llu,\"writeback_wait_s\":%.3f,\"t\":%.3f}\n",
 	       (unsigned long long)C.pageouts, (unsigned long long)C.pages_out, (unsigned long long)C.pages_in,
-	       guest_faults(&C.vm), (unsigned long long)C.dirty_log_missing, elapsed());
+	       guest_faults(&C.vm), (unsigned long long)C.dirty_log_missing, C.writeback_wait_s, elapsed());
 	printf("@@LEDGER {\"ev\":\"done\",\"pages\":%llu,\"rounds\":%llu,\"verified\":%llu,\"trail_verified\":0,"
 	       "\"stale\":%llu,\"zero\":%llu,\"corrupt\":%llu,\"t\":%.3f}\n",
 	       (unsigned long long)C.o.pages, (unsigned long long)C.o.rounds, (unsigned long long)C.verified,

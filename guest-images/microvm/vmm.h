@@ -49,6 +49,7 @@ struct ctx {
 	/* counts */
 	uint64_t written, verified, stale, zero, corrupt, bad_lines;
 	uint64_t pageouts, pages_out, pages_in, dirty_log_missing, planted;
+	double writeback_wait_s;
 	uint32_t crc_table[8 * 256];
 };
 
@@ -72,6 +73,7 @@ uint8_t *data_map(const struct opts *o);
 uint64_t pfn_of(uint64_t i);
 void step_log(const char *step, uint64_t first, uint64_t n);
 void host_pageout(uint64_t first, uint64_t n);
+void host_wait_writeback(void);
 void host_read(uint64_t first, uint64_t n);
 void host_dontneed(uint64_t first, uint64_t n);
 void host_collapse(uint64_t first, uint64_t n);
