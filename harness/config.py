@@ -103,6 +103,22 @@ class MicroKnobs(Strict):
         return self
 
 
+class DelayKnob(Strict):
+    """One delay injected into L1's kernel to widen a race window (guest-images/delay/kvmdelay.c, docs/races.md):
+    a busy-wait of `us` microseconds with probability `prob` at func+offset, or when func returns (ret)."""
+    func: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", max_length=120)  # a kallsyms name
+    offset: int = Field(0, ge=0, le=1 << 16)
+    ret: bool = False
+    us: int = Field(ge=1, le=20000)
+    prob: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _where(self):
+        if self.ret and self.offset:
+            raise ValueError("a delay is at func+offset or at func's return (ret: true), not both")
+        return self
+
+
 class Timeouts(Strict):
     """Seconds under TCG; scaled down when KVM is usable."""
     l1_boot_s: float = 90
@@ -146,6 +162,9 @@ class Scenario(Strict):
     # (the fault-injection tests): each must end in a named infrastructure verdict, never a finding or a hang.
     inject: Literal["none", "kill-l2-qemu", "kill-l1-sshd"] = "none"
     inject_round: int = Field(1, ge=0)
+    # Delays injected into L1's kernel (a kprobe module built against the kernel under test), loaded by the L1
+    # set-up before the workload.  Empty: no module, behaviour unchanged.
+    delays: list[DelayKnob] = Field(default_factory=list, max_length=8)
     # Matrix cells expected to find stop at the first lost write (time to catch is what they measure).
     stop_on_first_finding: bool = False
 

@@ -2,6 +2,7 @@
 # Prepare L1 as the KVM host under pressure.  Knobs arrive as environment variables (set by L0):
 #   SWAP_KIND=disk|zram SWAP_MB THP=never|always|madvise MGLRU=y|n TDP_MMU=Y|N KSM=0|1 PAGE_CLUSTER SWAPPINESS
 #   KVM_INTEL_PARAMS="eptad=Y|N pml=Y|N" (kvm_intel module parameters; empty: the module's defaults)
+#   DELAY_KO DELAY_PARAMS (scenario delays: insmod of the kvmdelay module; empty: none)
 # Prints key=value facts for L0 to record.  Any failure exits non-zero with a message on stderr.
 set -e
 fail() { echo "setup-host: $*" >&2; exit 1; }
@@ -48,6 +49,14 @@ for kv in $params; do  # a parameter the CPU cannot honour reads back otherwise 
     got=$(cat "/sys/module/$mod/parameters/${kv%%=*}" 2>/dev/null || echo absent)
     [ "$got" = "${kv#*=}" ] || fail "$mod ${kv%%=*}=${kv#*=} asked for, but L1's $mod has ${kv%%=*}=$got"
 done
+# Delays that widen race windows (scenario delays; kvmdelay.ko written by L0, built against this kernel): after
+# kvm is loaded (its functions are what the kprobes name), before the workload.
+if [ -n "$DELAY_PARAMS" ]; then
+    [ -r "$DELAY_KO" ] || fail "delays asked for, but no delay module at $DELAY_KO"
+    # shellcheck disable=SC2086  # $DELAY_PARAMS: one word per module parameter
+    insmod "$DELAY_KO" $DELAY_PARAMS || fail "insmod kvmdelay $DELAY_PARAMS failed: $(dmesg | grep kvmdelay | tail -n 2)"
+    echo "delays=$DELAY_PARAMS"
+fi
 nested=$(cat /sys/module/$mod/parameters/nested)
 tdp_on=$(cat /sys/module/$mod/parameters/$tdp)
 echo "cpu_vendor=$vendor"

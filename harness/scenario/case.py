@@ -19,6 +19,8 @@ from harness.evidence import CaseEvidence, Finding, infra
 from harness.guest import guest_for
 from harness.guest.base import Guest
 from harness.guest.contract import MICRO_STEPS_FILE
+from harness.images.delay import L1_PATH as DELAY_KO_L1
+from harness.images.delay import build_delay_module
 from harness.oracles import judge as judge_mod
 from harness.oracles import ledger as ledger_oracle
 from harness.oracles import micro as micro_oracle
@@ -81,6 +83,9 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
     guest = guest_for(s)
     l1img, info["images"] = guest.l1_image(kdir, meta["release"])
     info["images"]["l1_bytes"] = l1img.initramfs.stat().st_size
+    delay_ko = build_delay_module(kdir) if s.delays else None  # shipped to L1 over SSH, loaded by setup-host.sh
+    if delay_ko:
+        info["images"]["delay_module"] = delay_ko.name
     timings["images_s"] = round(time.monotonic() - t, 2)
     with tempfile.TemporaryDirectory(prefix="harness-swap-") as swapdir:
         swap = None
@@ -100,6 +105,8 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
         sh = L1Shell(vm.ssh_port, key, l1img.host_key_pub, default_timeout=s.timeouts.l1_cmd_s * accel.timeout_scale)
         try:
             timings["ssh_s"] = round(sh.connect(60 * accel.timeout_scale, vm.alive), 2)
+            if delay_ko:
+                sh.run(f"cat > {DELAY_KO_L1}", stdin=delay_ko.read_bytes())
             _drive_l1(s, guest, ev, cdir, sh, vm, accel.timeout_scale, t0 + s.timeouts.total_s, t0, log)
         except InfraError as e:
             state = qemu.process_state(vm)  # name the cause when L1 itself is stopped or gone
@@ -133,7 +140,7 @@ def _setup_l1(s: Scenario, ev: CaseEvidence, sh: L1Shell, scale: float, log) -> 
                "tdp_mmu": facts.get("tdp_mmu") in ("1", "Y"), "clocksource": facts.get("clocksource"),
                "thp": facts.get("thp"), "mglru": facts.get("mglru"), "zswap": facts.get("zswap"),
                "swap": facts.get("swap"), "kvm_params": facts.get("kvm_params"),
-               "taint_before": int(facts.get("taint", "0") or 0)})
+               "taint_before": int(facts.get("taint", "0") or 0), "delays": facts.get("delays")})
     ev.info["accel"]["l1_cpu_vendor"] = facts.get("cpu_vendor")
     ev.l1.kvm_module, ev.l1.nested, ev.l1.taint_before = l1["kvm_module"], l1["nested"], l1["taint_before"]
     log(f"L1: {l1['kvm_module']} nested={l1['nested']} tdp={l1['tdp']} tdp_mmu={l1['tdp_mmu']} "
@@ -172,6 +179,9 @@ def _drive_l1(s: Scenario, guest: Guest, ev: CaseEvidence, cdir: Path, sh: L1She
             tracer.stop()
         _monitor_facts(ev, mon, t_l2, t0)
     log.phase("collect")
+    if s.delays:  # how often each delay's probe was hit and delayed (absent when L1 no longer answers)
+        out, _ = sh.try_run("cat /sys/module/kvmdelay/parameters/seen /sys/module/kvmdelay/parameters/fired")
+        ev.info["l1"]["delay_counts"] = l1host.delay_counts(out or "", len(s.delays))
     res = _collect_end(ev, guest, cdir, sh, before)
     if tracer:
         ev.trace_findings = [Finding(**f) for f in tracer.judge(res)]

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness.config import Scenario
+from harness.config import DelayKnob, Scenario
 from harness.errors import InfraError
 from harness.evidence import MonitorEvent
 from harness.guest.contract import LINUX_L2_FILES, GuestFiles
+from harness.images.delay import L1_PATH as DELAY_KO_L1
 from harness.oracles import ledger as ledger_oracle
 from harness.vm.ssh import L1Shell
 
@@ -50,7 +51,28 @@ def setup_env(s: Scenario) -> dict[str, str]:
     return {"SWAP_KIND": s.swap.kind, "SWAP_MB": str(s.swap.size_mb), "THP": s.thp,
             "MGLRU": "y" if s.mglru else "n", "TDP_MMU": "Y" if s.tdp_mmu else "N", "KSM": "1" if s.ksm else "0",
             "PAGE_CLUSTER": str(s.page_cluster), "SWAPPINESS": str(s.swappiness),
-            "KVM_INTEL_PARAMS": s.kvm_intel.params()}
+            "KVM_INTEL_PARAMS": s.kvm_intel.params(), **delay_env(s.delays)}
+
+
+def delay_env(delays: list[DelayKnob]) -> dict[str, str]:
+    """setup-host.sh's DELAY_KO / DELAY_PARAMS: kvmdelay's positional array parameters (none: no module)."""
+    if not delays:
+        return {}
+    cols = {"func": [d.func for d in delays], "offset": [str(d.offset) for d in delays],
+            "ret": ["1" if d.ret else "0" for d in delays], "us": [str(d.us) for d in delays],
+            "ppm": [str(round(d.prob * 1_000_000)) for d in delays]}
+    return {"DELAY_KO": DELAY_KO_L1, "DELAY_PARAMS": " ".join(f"{k}={','.join(v)}" for k, v in cols.items())}
+
+
+def delay_counts(text: str, n: int) -> dict[str, list[int]] | None:
+    """kvmdelay's /sys/module/kvmdelay/parameters/seen and fired (one comma-separated line each, the module's
+    whole array) -> the first n entries of each: how often each probe was hit and how often it delayed.
+    None when the text is not those two lines (module not loaded: cat's error)."""
+    lines = text.split()
+    if len(lines) != 2 or not all(re.fullmatch(r"\d+(,\d+)*", ln) for ln in lines):
+        return None
+    seen, fired = ([int(x) for x in ln.split(",")[:n]] for ln in lines)
+    return {"seen": seen, "fired": fired}
 
 
 # The ledger's DMA disk (ledger.dma_frac > 0): its offsets cycle, so a few MiB are enough.

@@ -1,0 +1,59 @@
+"""The delay-injection module (guest-images/delay/kvmdelay.c): built against the kernel under test's object tree,
+shipped to L1 and loaded by guest-images/l1/setup-host.sh after kvm, before the workload (scenario knob `delays`,
+docs/races.md).  Cached by a hash of its sources, the kernel release and the kernel's .config."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from harness.errors import InfraError, InputError
+from harness.images.cpio import inputs_hash
+from harness.paths import REPO, cache_dir
+from harness.util import file_lock
+
+SOURCES = [REPO / "guest-images/delay/kvmdelay.c", REPO / "guest-images/delay/Kbuild"]
+L1_PATH = "/run/kvmdelay.ko"  # where L0 writes the module in L1 (setup-host.sh's DELAY_KO)
+
+
+def objtree_of(meta: dict) -> Path:
+    """The object tree a harness-built kernel was built in (its meta.json); prebuilt kernels have none."""
+    obj = (meta.get("objtree") or {}).get("path")
+    if meta.get("source") != "build" or not obj:
+        raise InputError("delays need a kernel built by the harness (its object tree builds the delay module); "
+                         f"this kernel is {meta.get('source', 'unknown')!r} (Debian's prebuilt kernels would need "
+                         "their linux-headers package: not supported yet)")
+    return Path(obj)
+
+
+def _tree_lock(objdir: Path) -> Path:
+    """The lock build.py holds while it applies a stack and makes in this object tree (cache/src/<tree id>.lock;
+    the object tree's name is <tree id>-<config hash>)."""
+    return cache_dir() / "src" / (objdir.name.rsplit("-", 1)[0] + ".lock")
+
+
+def build_delay_module(kernel_dir: Path) -> Path:
+    """kvmdelay.ko for the kernel in `kernel_dir` (cached); an InfraError names make's last lines on failure."""
+    meta = json.loads((kernel_dir / "meta.json").read_text())
+    objdir = objtree_of(meta)
+    key = inputs_hash(["kvmdelay-v1", meta.get("release", ""), meta.get("config_sha256", ""), *SOURCES])
+    out = cache_dir() / "modules" / f"kvmdelay-{key}.ko"
+    if out.exists():
+        return out
+    if not (objdir / "Module.symvers").exists():
+        raise InfraError(f"object tree {objdir} has no Module.symvers: rebuild the kernel (harness build)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kvmdelay-", dir=out.parent) as tmp, file_lock(_tree_lock(objdir)):
+        for src in SOURCES:
+            shutil.copy2(src, Path(tmp) / src.name)
+        p = subprocess.run(["make", "-s", "-C", str(objdir), f"M={tmp}", "modules"], capture_output=True,
+                           text=True, check=False)
+        ko = Path(tmp) / "kvmdelay.ko"
+        if p.returncode != 0 or not ko.exists():
+            raise InfraError(f"building the delay module against {objdir} failed: "
+                             f"{(p.stderr or p.stdout).strip()[-600:]}")
+        shutil.copy2(ko, out.with_suffix(".tmp"))
+        out.with_suffix(".tmp").rename(out)
+    return out
