@@ -25,7 +25,7 @@ def only_run(results: Path) -> tuple[Path, dict]:
 
 
 def test_clean_kernel_passes_with_the_host_steps_counted(results_dir):
-    p = harness("run", str(MICRO), "--results", str(results_dir))
+    p = harness("run", str(MICRO), "--set", "trace.enabled=true", "--results", str(results_dir))
     path, run = only_run(results_dir)
     assert p.returncode == 0, (run["findings"], p.stderr[-2000:])
     assert run["verdict"] == "pass" and run["scenario"]["guest"] == "micro"
@@ -49,7 +49,7 @@ def test_clean_kernel_passes_with_the_host_steps_counted(results_dir):
 
 
 def test_selftest_loss_is_a_finding_with_exactly_the_planted_pages(results_dir):
-    p = harness("run", str(MICRO), "--set", "micro.selftest_pages=12", "--set", "trace.enabled=false",
+    p = harness("run", str(MICRO), "--set", "micro.selftest_pages=12",
                 "--results", str(results_dir))
     path, run = only_run(results_dir)
     assert p.returncode == 1, (run["findings"], p.stderr[-2000:])
