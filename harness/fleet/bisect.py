@@ -37,8 +37,9 @@ from harness.errors import (
     HarnessError,
     InputError,
 )
+from harness.report.models import BisectRecord
 from harness.report.results import RunDir
-from harness.util import atomic_write, write_json
+from harness.util import atomic_write
 
 FINDING, PASS = "finding", "pass"
 SKIP = "skip"           # the step cannot be built (a commit of a git range): not retried, gone around as infra
@@ -303,7 +304,7 @@ def summary(doc: dict) -> str:
 def write_outputs(bdir: Path, doc: dict) -> None:
     """bisect.json, summary.txt and results.ktap of a bisection folder (after every run, and at the end)."""
     from harness.report.ktap import write_bisect_ktap
-    write_json(bdir / "bisect.json", doc)
+    BisectRecord.parse(doc, str(bdir / "bisect.json")).write(bdir / "bisect.json")
     atomic_write(bdir / "summary.txt", summary(doc))
     write_bisect_ktap(doc, bdir / "results.ktap")
 

@@ -7,7 +7,6 @@ one line (exit 2): shards of different matrices or harness commits, split differ
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -19,6 +18,7 @@ from harness.fleet.matrix.model import Cell, Matrix
 from harness.fleet.matrix.outputs import write_outputs
 from harness.fleet.matrix.shard import shard_ids
 from harness.paths import results_root
+from harness.report.models import MatrixRecord
 from harness.report.results import RunDir
 
 REQUIRED = ("matrix_id", "harness_commit", "shard", "cell_ids", "matrix", "cells")
@@ -28,8 +28,8 @@ def load_shard(d: Path) -> dict:
     if d.name.endswith(".incomplete"):
         raise InputError(f"cannot merge: {d} is an incomplete matrix folder (interrupted or still running)")
     try:
-        js = json.loads((d / "matrix.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        js = MatrixRecord.load(d / "matrix.json").to_json()
+    except InputError as e:
         raise InputError(f"cannot merge: {d} has no readable matrix.json ({e})") from None
     absent = [k for k in REQUIRED if k not in js]
     if absent:

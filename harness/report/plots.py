@@ -24,6 +24,9 @@ import json
 import re
 from pathlib import Path
 
+from harness.evidence import Finding
+from harness.report.models import MatrixRecord, RunRecord
+
 _KTS = re.compile(r"\[\s*(\d+\.\d+)\]")  # a kernel console timestamp
 _TRACE_TS = re.compile(rb"\s(\d+\.\d+):\s")  # an ftrace line's timestamp
 L2_INIT = "HARNESS-L2: init"
@@ -128,37 +131,51 @@ def _short(text, n: int = 48) -> str:
     return s if len(s) <= n else s[:n - 1] + "…"
 
 
-def finding_marks(case_dir: Path, run: dict, ledger: list[dict], off: float | None) -> list[dict]:
+def _ledger_mark(bad: list[dict], off: float) -> dict:
+    b = bad[0]
+    gfn = f" gfn {b['gfn']:#x}" if isinstance(b.get("gfn"), int) else ""
+    return {"t": b["t"] + off, "source": "ledger",
+            "label": f"ledger: first bad page ({b.get('class', 'bad')}{gfn}; {len(bad)} logged)"}
+
+
+def _trace_time(f: Finding, t0: float | None, l2b: float | None) -> float | None:
+    """A trace violation's first example, from the trace's clock (L1 uptime) to vmstat's."""
+    examples = getattr(f, "examples", None) or []
+    ts = [float(x) for e in examples for x in [e.get("ts") or e.get("free_ts") or e.get("zap_ts")] if x is not None]
+    return min(ts) - t0 + l2b if ts and t0 is not None and l2b is not None else None
+
+
+def _console_time(f: Finding, t0: float | None, l2b: float | None, up2: float | None) -> float | None:
+    """A console report's kernel timestamp: L2's uptime (from its init), or L1's (from the trace's origin)."""
+    m = _KTS.search(f.excerpt or "")
+    if not m or l2b is None:
+        return None
+    if f.layer == "L2":
+        return float(m.group(1)) + l2b - (up2 or 0.0)
+    return float(m.group(1)) - t0 + l2b if f.layer == "L1" and t0 is not None else None
+
+
+def _finding_mark(f: Finding, t0: float | None, l2b: float | None, up2: float | None) -> dict:
+    if f.oracle == "trace" and f.kind.endswith("violation"):
+        t = _trace_time(f, t0, l2b)
+        label = f"trace {getattr(f, 'rule', '')}: {getattr(f, 'count', '?')} violations (first example)"
+    elif f.oracle == "console":
+        t = _console_time(f, t0, l2b, up2)
+        label = f"{f.layer} console {f.kind}: {_short(f.title, 40)}"
+    else:
+        t, label = None, f"{f.oracle}/{f.layer}/{f.kind}: {_short(f.title, 60)}"
+    return {"t": round(t, 2) if t is not None else None, "source": f.oracle, "label": label}
+
+
+def finding_marks(case_dir: Path, run: RunRecord, ledger: list[dict], off: float | None) -> list[dict]:
     """Each finding's time on vmstat's clock: {"t" (None: no time of its own), "source", "label"}."""
-    marks, l2b = [], off
     bad = [e for e in ledger if e.get("ev") == "bad" and isinstance(e.get("t"), (int, float))]
-    if bad and off is not None:
-        b = bad[0]
-        gfn = f" gfn {b['gfn']:#x}" if isinstance(b.get("gfn"), int) else ""
-        marks.append({"t": b["t"] + off, "source": "ledger",
-                      "label": f"ledger: first bad page ({b.get('class', 'bad')}{gfn}; {len(bad)} logged)"})
-    t0 = trace_origin(case_dir)
-    up2 = l2_uptime_at_init(case_dir)
-    for f in run.get("findings") or []:
-        t, src = None, f.get("oracle")
-        if (src == "ledger" and bad) or f.get("kind") == "ledger-timeline":
+    marks = [_ledger_mark(bad, off)] if bad and off is not None else []
+    t0, up2 = trace_origin(case_dir), l2_uptime_at_init(case_dir)
+    for f in run.findings:
+        if (f.oracle == "ledger" and bad) or f.kind == "ledger-timeline":
             continue  # drawn from ledger.jsonl's bad events above (a ledger-timeline is the same page's trace)
-        if src == "trace" and str(f.get("kind", "")).endswith("violation"):
-            ts = [float(x) for e in f.get("examples") or [] for x in [e.get("ts") or e.get("free_ts")
-                                                                       or e.get("zap_ts")] if x is not None]
-            if ts and t0 is not None and l2b is not None:
-                t = min(ts) - t0 + l2b
-            label = f"trace {f.get('rule', '')}: {f.get('count', '?')} violations (first example)"
-        elif src == "console":
-            m = _KTS.search(f.get("excerpt") or "")
-            if m and l2b is not None and f.get("layer") == "L2":
-                t = float(m.group(1)) + l2b - (up2 or 0.0)
-            elif m and l2b is not None and t0 is not None and f.get("layer") == "L1":
-                t = float(m.group(1)) - t0 + l2b
-            label = f"{f.get('layer')} console {f.get('kind')}: {_short(f.get('title'), 40)}"
-        else:
-            label = f"{src}/{f.get('layer')}/{f.get('kind')}: {_short(f.get('title'), 60)}"
-        marks.append({"t": round(t, 2) if t is not None else None, "source": src, "label": label})
+        marks.append(_finding_mark(f, t0, off, up2))
     return marks
 
 
@@ -180,8 +197,8 @@ def _marks(axes, marks) -> None:
         txt.set_in_layout(False)
 
 
-def _memory_axis(ax, vm: dict, run: dict) -> None:
-    mmax = (run.get("scenario") or {}).get("memory_max_mb")
+def _memory_axis(ax, vm: dict, run: RunRecord) -> None:
+    mmax = run.scenario.get("memory_max_mb")
     if "memory_current" in vm:
         ax.plot(vm["t"], [v / 2**20 for v in vm["memory_current"]], color="#2e7d32", lw=1.5,
                 label="L2 cgroup memory.current")
@@ -196,13 +213,13 @@ def _memory_axis(ax, vm: dict, run: dict) -> None:
         ax.legend(loc="upper left", fontsize=8)
 
 
-def timeline(case_dir: Path, run: dict, out: Path) -> list[dict]:
+def timeline(case_dir: Path, run: RunRecord, out: Path) -> list[dict]:
     """Draw one case's timeline to `out`; returns the findings it marked ({"t", "source", "label"}; "t" None:
     listed under the plot, not drawn on the time axis)."""
     case_dir, out = Path(case_dir), Path(out)
     vm = read_vmstat(case_dir / "vmstat.csv")
     ledger = read_jsonl(case_dir / "ledger.jsonl")
-    off = (run.get("timings") or {}).get("l2_boot_s")  # L2 start -> ledger start: see the module docstring
+    off = getattr(run.timings, "l2_boot_s", None)  # L2 start -> ledger start: see the module docstring
     rounds = ledger_rounds(ledger, off) if off is not None else []
     marks = finding_marks(case_dir, run, ledger, off)
     plt = _plt()
@@ -214,7 +231,7 @@ def timeline(case_dir: Path, run: dict, out: Path) -> list[dict]:
             if vals:
                 ax1.stairs(vals, edges, baseline=None, color=color, lw=1.6, label=f"L1 {name}")
                 top = max([top] + [v for v in vals if v == v])
-    reclaim = [w["t"] for w in (run.get("l2") or {}).get("reclaim_writes") or [] if isinstance(w.get("t"), (int, float))]
+    reclaim = [w["t"] for w in run.l2.get("reclaim_writes") or [] if isinstance(w.get("t"), (int, float))]
     if reclaim:  # the monitor's memory.reclaim writes: same clock as vmstat.csv
         ax1.plot(reclaim, [0] * len(reclaim), "^", color="#555", ms=5, clip_on=False, label="memory.reclaim write")
     if not t:
@@ -234,8 +251,8 @@ def timeline(case_dir: Path, run: dict, out: Path) -> list[dict]:
                    f"timings.l2_boot_s = {off} s)" if off is not None else
                    "seconds since L2 start (timings.l2_boot_s unknown: ledger rounds and findings not aligned)",
                    fontsize=8)
-    k = run.get("kernel") or {}
-    ax1.set_title(f"{run.get('run_id')}: {str(run.get('verdict')).upper()} — L1 kernel {k.get('release')} "
+    k = run.kernel
+    ax1.set_title(f"{run.run_id}: {run.verdict.upper()} — L1 kernel {k.get('release')} "
                   f"({k.get('source')}); shaded bands: ledger rounds", fontsize=9)
     unplaced = [m["label"] for m in marks if m["t"] is None]
     if unplaced:
@@ -251,10 +268,9 @@ def timeline(case_dir: Path, run: dict, out: Path) -> list[dict]:
 def run_plots(run_dir) -> list[Path]:
     """Every plot of a results folder, under RUN_DIR/plots/: one timeline per case that recorded something."""
     run_dir = Path(run_dir)
-    try:
-        run = json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        run = {}
+    path = run_dir / "run.json"
+    # a folder cut short before run.json: its timelines still drawn, with no finding to mark
+    run = RunRecord.load(path) if path.exists() else RunRecord(run_id=run_dir.name, verdict="infra-error")
     out = []
     for cdir in sorted(p for p in (run_dir / "cases").glob("*") if p.is_dir()):
         if not ((cdir / "vmstat.csv").exists() or (cdir / "ledger.jsonl").exists()):
@@ -265,33 +281,39 @@ def run_plots(run_dir) -> list[Path]:
     return out
 
 
-def _mutant_kernels(matrix_json: dict) -> list[str]:
-    """The mutants, in the matrix's order: score.mutants when matrix.json has it, else kernels with finding cells."""
-    cells = matrix_json.get("cells") or []
-    mutants = set((matrix_json.get("score") or {}).get("mutants") or
-                  [c.get("kernel") for c in cells if c.get("expect") == "finding"])
-    return list(dict.fromkeys(c.get("kernel") for c in cells if c.get("kernel") in mutants))
+def mutant_kernels(m: MatrixRecord) -> list[str]:
+    """The mutants, in the matrix's cell order."""
+    mutants = set(m.mutant_kernels())
+    return list(dict.fromkeys(c.kernel for c in m.cells if c.kernel in mutants))
 
 
-def time_to_first_finding(matrix_json: dict, out: Path) -> list[dict]:
+def catch_points(m: MatrixRecord) -> tuple[list[dict], dict[str, int], list[str], list]:
+    """Pure: each catching run of a cell that declares a finding, as {kernel, seed, variant (index), t, run_dir};
+    the runs per mutant that caught nothing; the variants (JSON) and seeds, in order."""
+    kernels = mutant_kernels(m)
+    # the cells that declare a finding: a hidden cell (declared clean for this mutant) is no miss
+    cells = [c for c in m.cells if c.kernel in kernels and c.expect == "finding"]
+    variants = list(dict.fromkeys(json.dumps(c.variant, sort_keys=True) for c in cells))
+    seeds = sorted({r.seed for c in cells for r in c.runs}, key=str)
+    points, missed = [], {k: 0 for k in kernels}
+    for c in cells:
+        vi = variants.index(json.dumps(c.variant, sort_keys=True))
+        for r in c.runs:
+            if r.first_finding_s is None:
+                missed[c.kernel] += 1
+            else:
+                points.append({"kernel": c.kernel, "seed": r.seed, "variant": vi, "t": float(r.first_finding_s),
+                               "run_dir": r.run_dir})
+    return points, missed, variants, seeds
+
+
+def time_to_first_finding(m: MatrixRecord, out: Path) -> list[dict]:
     """Per mutant kernel (x), each run's first_finding_s (seconds from `harness run` start) as a point coloured
     by seed, shaped by the cell's knobs; a bar at each mutant's median; runs of cells that expect a finding but
     found nothing counted under the kernel's name.  Returns the points drawn."""
-    kernels = _mutant_kernels(matrix_json)
-    # the cells that declare a finding: a hidden cell (declared clean for this mutant) is no miss
-    cells = [c for c in matrix_json.get("cells") or [] if c.get("kernel") in kernels and c.get("expect") == "finding"]
-    variants = list(dict.fromkeys(json.dumps(c.get("variant") or {}, sort_keys=True) for c in cells))
-    seeds = sorted({r.get("seed") for c in cells for r in c.get("runs") or []}, key=str)
+    kernels = mutant_kernels(m)
+    points, missed, variants, seeds = catch_points(m)
     shapes, colors = "osD^vP*X", ["#1f77b4", "#d35400", "#2e7d32", "#8e44ad", "#c0392b", "#7f8c8d"]
-    points, missed = [], {k: 0 for k in kernels}
-    for c in cells:
-        vi = variants.index(json.dumps(c.get("variant") or {}, sort_keys=True))
-        for r in c.get("runs") or []:
-            if r.get("first_finding_s") is None:
-                missed[c["kernel"]] += 1
-                continue
-            points.append({"kernel": c["kernel"], "seed": r.get("seed"), "variant": vi,
-                           "t": float(r["first_finding_s"]), "run_dir": r.get("run_dir")})
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(kernels) + 3), 4.8))
     width = 0.6
@@ -320,7 +342,7 @@ def time_to_first_finding(matrix_json: dict, out: Path) -> list[dict]:
                 for i, v in enumerate(variants)] if len(variants) > 1 else []
     if handles:
         ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2, framealpha=0.85)
-    ax.set_title(f"matrix {matrix_json.get('name')}: time to first finding per mutant (bar: median)", fontsize=9)
+    ax.set_title(f"matrix {m.name}: time to first finding per mutant (bar: median)", fontsize=9)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -328,11 +350,11 @@ def time_to_first_finding(matrix_json: dict, out: Path) -> list[dict]:
     return points
 
 
-def matrix_plots(matrix_json: dict, out_dir) -> list[Path]:
+def matrix_plots(m: MatrixRecord, out_dir: Path) -> list[Path]:
     """A matrix's plots under out_dir (the heat map stays harness.fleet.matrix's): time-to-first-finding.png when the
     matrix has mutant cells."""
-    if not _mutant_kernels(matrix_json):
+    if not mutant_kernels(m):
         return []
     out = Path(out_dir) / "time-to-first-finding.png"
-    time_to_first_finding(matrix_json, out)
+    time_to_first_finding(m, out)
     return [out]

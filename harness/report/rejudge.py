@@ -13,21 +13,21 @@ from harness.oracles import judge as judge_mod
 
 def rejudge(run_dir: Path) -> dict:
     """Judge a stored run again from its files alone; compare with what was recorded."""
-    from harness.report.results import load_run
-    run = load_run(run_dir)
+    from harness.report.results import load_run_record
+    run = load_run_record(run_dir)
     cases = sorted(p for p in (Path(run_dir) / "cases").iterdir() if (p / "evidence.json").exists()) \
         if (Path(run_dir) / "cases").is_dir() else []
     if not cases:
         raise InputError(f"{run_dir}: no cases/*/evidence.json: the run is older than the judge stage")
     ev = CaseEvidence.load(cases[0])
     j = judge_mod.judge(ev, judge_mod.load_logs(cases[0]))
-    old = [(f.get("oracle"), f.get("layer"), f.get("kind"), f.get("title")) for f in run.get("findings", [])]
+    old = [(f.oracle, f.layer, f.kind, f.title) for f in run.findings]
     new = [(f.oracle, f.layer, f.kind, f.title) for f in j.findings]
-    return {"run_dir": str(run_dir), "recorded": {"verdict": run.get("verdict"), "findings": len(old),
-                                                  "judge_version": run.get("judge_version")},
+    return {"run_dir": str(run_dir), "recorded": {"verdict": run.verdict, "findings": len(old),
+                                                  "judge_version": getattr(run, "judge_version", None)},
             "rejudged": {"verdict": j.verdict, "findings": len(new), "judge_version": j.judge_version,
                          "retry": j.retry},
-            "agree": run.get("verdict") == j.verdict and sorted(map(str, old)) == sorted(map(str, new)),
+            "agree": run.verdict == j.verdict and sorted(map(str, old)) == sorted(map(str, new)),
             "only_recorded": [" / ".join(map(str, f)) for f in old if f not in new],
             "only_rejudged": [" / ".join(map(str, f)) for f in new if f not in old],
             "findings": [f.to_json() for f in j.findings]}

@@ -25,8 +25,8 @@ import yaml
 
 from harness.errors import EXIT_INFRA, EXIT_INPUT, InputError
 from harness.paths import REPO, cache_dir
-from harness.report.results import VERDICT_EXIT, load_run
-from harness.util import commit_of, write_json
+from harness.report.results import VERDICT_EXIT, load_run, write_run_json
+from harness.util import commit_of
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -616,7 +616,7 @@ def cli_reproduce(run_dir: str, tries: int = 1) -> int:
     block = reproduction_block(expected, results)
     run = load_run(rd)                       # re-read: the run may have been re-judged meanwhile
     run["reproduction"] = block
-    write_json(rd / "run.json", run)
+    write_run_json(rd / "run.json", run)
     print(f"reproduced {block['reproduced']}/{block['tries']}" + (" (flaky)" if block["flaky"] else ""))
     if block["reproduced"]:
         return VERDICT_EXIT.get(expected, EXIT_INFRA)

@@ -5,16 +5,16 @@ folder without the suffix is always complete; an interrupted run keeps the suffi
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 import time
 from pathlib import Path
 
-from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS, InputError
+from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS
 from harness.report.junit import run_junit
 from harness.report.ktap import write_run_ktap
+from harness.report.models import RunRecord
 from harness.report.plots import run_plots
 from harness.util import atomic_write, write_json  # noqa: F401 (callers import them from here too)
 
@@ -108,11 +108,18 @@ def junit_xml(run: dict) -> str:
 
 
 def load_run(run_dir: str | Path) -> dict:
-    p = Path(run_dir) / "run.json"
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{p}: cannot read run.json ({e})") from None
+    """run.json read through its model (harness.report.models.RunRecord): a file that is not a run is an input
+    error naming it; the content as the file has it."""
+    return load_run_record(run_dir).to_json()
+
+
+def load_run_record(run_dir: str | Path) -> RunRecord:
+    return RunRecord.load(Path(run_dir) / "run.json")
+
+
+def write_run_json(path: Path, run: dict) -> None:
+    """run.json, written through its model (a run that does not fit it fails here, not in a later reader)."""
+    RunRecord.parse(run, str(path)).write(path)
 
 
 def cli_report(run_dir: str) -> int:

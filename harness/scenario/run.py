@@ -22,7 +22,8 @@ from harness.oracles import judge as judge_mod
 from harness.paths import REPO, results_root
 from harness.util import change_identity
 from harness.report.reproduce import reproduce_script
-from harness.report.results import VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, summary_text, write_json
+from harness.report.results import (VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, summary_text, write_json,
+                                    write_run_json)
 from harness.report.ktap import write_run_ktap as write_ktap
 from harness.report.plots import run_plots
 from harness.report.progress import RunProgress
@@ -225,7 +226,7 @@ def write_run(rd: RunDir, cdir: Path, run: dict, meta: dict, interrupted: bool) 
         atomic_write(rd.path / "summary.txt", summary_text(run, rd.final))
         atomic_write(rd.path / "junit.xml", junit_xml(run))
         write_ktap(run, rd.path / "results.ktap")
-        write_json(rd.path / "run.json", run)
+        write_run_json(rd.path / "run.json", run)
         draw_plots(rd.path)
     except OSError as e:
         if e.errno != errno.ENOSPC:

@@ -37,9 +37,9 @@ if env.get("FAKE_GRANDCHILD"):  # stands in for QEMU: own session, its cmdline n
                             start_new_session=True)
 
 def write(verdict, interrupted):
-    finding = [{"oracle": "ledger", "kind": "stale", "title": "1 lost write", "patch": "p",
+    finding = [{"oracle": "ledger", "layer": "L2", "kind": "stale", "title": "1 lost write", "patch": "p",
                 "pages": [{"index": 1, "gfn": 4096, "expected": 2, "found": 1}]}] if verdict == "finding" else []
-    run = {"verdict": verdict, "interrupted": interrupted, "attempts": 1, "l1": {"tdp_mmu": True},
+    run = {"schema": 1, "run_id": rid, "verdict": verdict, "interrupted": interrupted, "attempts": 1, "l1": {"tdp_mmu": True},
            "timings": {"total_s": 1.0, "first_finding_s": 0.5 if finding else None}, "findings": finding,
            "overrides": sets}
     open(os.path.join(inc, "run.json"), "w").write(json.dumps(run))

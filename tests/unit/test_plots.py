@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.report.plots import (finding_marks, ledger_rounds, matrix_plots, rates, read_jsonl, run_plots,
+from harness.report.models import MatrixRecord, RunRecord
+from harness.report.plots import (catch_points, finding_marks, ledger_rounds, matrix_plots, rates, read_jsonl, run_plots,
                                   time_to_first_finding, timeline)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures/timeline/pass-6.12"
@@ -21,7 +22,7 @@ def run_dir(tmp_path) -> Path:
     return d
 
 
-def make_finding(d: Path) -> dict:
+def make_finding(d: Path) -> RunRecord:
     """The recorded pass turned into a finding run: two bad pages in the ledger, a trace rule's examples (and the
     trace's first line, its clock's origin), an L2 oops on the console, a hang with no time of its own."""
     c = d / "cases/default"
@@ -42,7 +43,7 @@ def make_finding(d: Path) -> dict:
          "excerpt": "[   50.100000] BUG: kernel NULL pointer dereference, address: 0"},
         {"oracle": "console", "layer": "L2", "kind": "hang", "title": "L2 stalled: no ledger line for 240 s"}]
     (d / "run.json").write_text(json.dumps(run))
-    return run
+    return RunRecord.parse(run)
 
 
 def test_rates_are_per_interval_and_skip_a_counter_reset():
@@ -60,7 +61,7 @@ def test_ledger_rounds_are_shifted_onto_the_vmstat_clock():
 
 def test_a_pass_timeline_is_drawn_with_nothing_marked(run_dir, tmp_path):
     out = tmp_path / "timeline.png"
-    marks = timeline(run_dir / "cases/default", json.loads((run_dir / "run.json").read_text()), out)
+    marks = timeline(run_dir / "cases/default", RunRecord.load(run_dir / "run.json"), out)
     assert marks == [] and out.stat().st_size > 5000 and out.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -80,7 +81,7 @@ def test_a_finding_timeline_marks_every_finding_at_its_time(run_dir, tmp_path):
 
 def test_findings_without_an_l2_boot_time_are_listed_not_placed(run_dir):
     run = make_finding(run_dir)
-    run["timings"].pop("l2_boot_s")
+    del run.timings.l2_boot_s
     marks = finding_marks(run_dir / "cases/default", run, [], None)
     assert marks and all(m["t"] is None for m in marks)
     assert any(m["source"] == "ledger" for m in marks)  # no bad events to draw: the finding is still listed
@@ -95,7 +96,7 @@ def test_memory_current_is_drawn_when_vmstat_has_it(run_dir, tmp_path):
     with p.open("w", newline="") as f:
         csv.writer(f).writerows(rows)
     out = tmp_path / "t.png"
-    timeline(run_dir / "cases/default", json.loads((run_dir / "run.json").read_text()), out)
+    timeline(run_dir / "cases/default", RunRecord.load(run_dir / "run.json"), out)
     assert out.stat().st_size > 5000
 
 
@@ -109,7 +110,7 @@ def test_an_empty_case_still_gives_a_plot(tmp_path):
     assert run_plots(tmp_path / "run") == []  # nothing recorded: no plot
 
 
-def matrix_json() -> dict:
+def matrix_json() -> MatrixRecord:
     cells = [{"kernel": "clean", "variant": {}, "expect": "clean", "outcome": "clean", "ok": True,
               "runs": [{"run_dir": "r0", "verdict": "pass", "seed": 1, "first_finding_s": None}]}]
     for k, base in (("mutant-a", 17.1), ("mutant-b", 17.2), ("mutant-c", 17.6)):
@@ -120,7 +121,8 @@ def matrix_json() -> dict:
     cells[-1]["runs"][0] |= {"verdict": "pass", "first_finding_s": None}  # one seed that did not catch it
     cells.append({"kernel": "mutant-a", "variant": {"swap": "zram"}, "expect": "clean", "outcome": "clean",
                   "ok": True, "runs": [{"run_dir": "h", "verdict": "pass", "seed": 1, "first_finding_s": None}]})
-    return {"name": "catch-time", "score": {"mutants": ["mutant-a", "mutant-b", "mutant-c"]}, "cells": cells}
+    return MatrixRecord.parse({"name": "catch-time", "score": {"mutants": ["mutant-a", "mutant-b", "mutant-c"]},
+                               "cells": cells})
 
 
 def test_time_to_first_finding_has_a_point_per_catching_run(tmp_path):
@@ -128,7 +130,16 @@ def test_time_to_first_finding_has_a_point_per_catching_run(tmp_path):
     assert len(pts) == 17 and {p["kernel"] for p in pts} == {"mutant-a", "mutant-b", "mutant-c"}
     assert (tmp_path / "ttff.png").stat().st_size > 5000
     assert matrix_plots(matrix_json(), tmp_path / "m") == [tmp_path / "m/time-to-first-finding.png"]
-    assert matrix_plots({"name": "fp", "cells": matrix_json()["cells"][:1], "score": {"mutants": []}}, tmp_path) == []
+    no_mutant = MatrixRecord.parse({"name": "fp", "cells": [matrix_json().cells[0].model_dump()],
+                                    "score": {"mutants": []}})
+    assert matrix_plots(no_mutant, tmp_path) == []
+
+
+def test_catch_points_count_the_misses_and_skip_hidden_cells():
+    points, missed, variants, seeds = catch_points(matrix_json())
+    assert len(points) == 17 and missed == {"mutant-a": 0, "mutant-b": 0, "mutant-c": 1}
+    assert variants == ['{}', '{"thp": "always"}'] and seeds == [1, 2, 3]  # the hidden zram cell is not a variant
+    assert min(p["t"] for p in points if p["kernel"] == "mutant-a") == pytest.approx(15.2)
 
 
 def test_harness_report_re_renders_everything_from_the_folder(run_dir, capsys):

@@ -27,6 +27,7 @@ from harness.fleet.matrix.expansion import cell_overrides, seeds_of
 from harness.fleet.matrix.model import Cell, Matrix
 from harness.fleet.matrix.scoring import run_entry
 from harness.paths import REPO
+from harness.report.models import RunRecord
 from harness.util import kill_procs
 
 HARNESS_ARGV = [sys.executable, "-m", "harness"]  # tests point this at a fake child
@@ -137,8 +138,8 @@ def collect(ctx: Context, job: Job) -> tuple[dict, bool]:
     new = sorted((p for p in rdir.iterdir() if p.is_dir() and p.name not in job.before), key=lambda p: p.name)
     for p in reversed(new):
         try:
-            run = json.loads((p / "run.json").read_text())
-        except (OSError, json.JSONDecodeError):
+            run = RunRecord.load(p / "run.json").to_json()
+        except InputError:  # not written (the child died first) or unreadable: an earlier attempt may have one
             continue
         entry = run_entry(run, str(ctx.final / p.relative_to(ctx.mdir)), job.seed)
         if job.timed_out:  # the matrix stopped it, not the user: an infra run, the matrix goes on

@@ -9,7 +9,8 @@ from pathlib import Path
 from harness.fleet.matrix.model import Cell, Matrix, variant_label
 from harness.fleet.matrix.scoring import headline, score
 from harness.report.junit import matrix_junit
-from harness.util import atomic_write, write_json
+from harness.report.models import MATRIX_SCHEMA, MatrixRecord
+from harness.util import atomic_write
 
 
 def summary(m: Matrix, cells: list[Cell], sc: dict) -> str:
@@ -114,15 +115,20 @@ def heatmap(cells: list[Cell], out: Path) -> dict:
     return g
 
 
+def matrix_record(m: Matrix, cells: list[Cell], meta: dict | None = None) -> MatrixRecord:
+    """matrix.json's content; `meta` is the folder's identity (matrix id, harness commit, shard, cell ids, the
+    matrix)."""
+    return MatrixRecord.parse({"schema": MATRIX_SCHEMA, "name": m.name, **(meta or {}), "score": score(m, cells),
+                               "cells": [{"id": c.id} | c.__dict__ |
+                                         {"outcome": c.outcome, "ok": c.ok, "retries": c.retries,
+                                          "skipped": c.skipped} for c in cells]}, f"matrix {m.name}")
+
+
 def save(mdir: Path, m: Matrix, cells: list[Cell], meta: dict | None = None) -> dict:
-    """matrix.json; `meta` is the folder's identity (matrix id, harness commit, shard, cell ids, the matrix)."""
-    sc = score(m, cells)
-    write_json(mdir / "matrix.json", {"name": m.name, **(meta or {}), "score": sc,
-                                      "cells": [{"id": c.id} | c.__dict__ |
-                                                {"outcome": c.outcome, "ok": c.ok, "retries": c.retries,
-                                                 "skipped": c.skipped}
-                                                for c in cells]})
-    return sc
+    """matrix.json, through its model; returns the score."""
+    record = matrix_record(m, cells, meta)
+    record.write(mdir / "matrix.json")
+    return record.score
 
 
 def write_outputs(mdir: Path, m: Matrix, cells: list[Cell], meta: dict | None = None, note: str = "") -> str:
@@ -135,7 +141,7 @@ def write_outputs(mdir: Path, m: Matrix, cells: list[Cell], meta: dict | None = 
         heatmap(cells, mdir / "heatmap.png")
         from harness.report.ktap import write_matrix_ktap
         from harness.report.plots import matrix_plots
-        mj = json.loads((mdir / "matrix.json").read_text())
-        write_matrix_ktap(mj, mdir / "results.ktap")
+        mj = MatrixRecord.load(mdir / "matrix.json")
+        write_matrix_ktap(mj.to_json(), mdir / "results.ktap")
         matrix_plots(mj, mdir)
     return text
