@@ -127,5 +127,7 @@ MICRO_FILES = GuestFiles(
     rc="/run/micro.rc", log="/run/micro.err", log_local="micro-err.log", cgroup="/sys/fs/cgroup/micro",
     up_marker=b"HARNESS-MICRO: start", exit_marker=b"HARNESS-MICRO: exit")
 
+# written to the trace's trace_marker just before the VMM starts (start-micro.sh): its clock's zero on the trace's
+MICRO_TRACE_MARK = b"tracing_mark_write: HARNESS-MICRO: start"
 MICRO_STEPS_FILE = "micro-steps.jsonl"  # the @@MICRO lines of a run, in the results folder
 GUEST_FILES = {"linux": LINUX_L2_FILES, "micro": MICRO_FILES}

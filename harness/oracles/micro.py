@@ -5,10 +5,13 @@ are the ledger oracle's (harness/oracles/ledger.py)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
-from harness.guest.contract import MICRO_EVENTS, MICRO_PREFIX
+from harness.guest.contract import MICRO_EVENTS, MICRO_PREFIX, MICRO_TRACE_MARK
+
+_TRACE_TS = re.compile(rb"\s(\d+\.\d+):\s")  # an ftrace line's timestamp
 
 
 @dataclass
@@ -22,10 +25,14 @@ class MicroLog:
     def dirty_missing(self) -> int:
         return sum(int(d.get("missing", 0) or 0) for d in self.dirtylog)
 
-    def events(self) -> list[dict[str, Any]]:
-        """Every @@MICRO event in order of time (micro-steps.jsonl)."""
+    def events(self, trace_t0: float | None = None) -> list[dict[str, Any]]:
+        """Every @@MICRO event in order of time (micro-steps.jsonl); with `trace_t0` (the VMM's start on the
+        trace's clock) each also gets "trace_ts", its time on the trace's clock."""
         evs = self.steps + self.dirtylog + ([self.counters] if self.counters else [])
-        return sorted(evs, key=lambda e: e.get("t", 0))
+        evs = sorted(evs, key=lambda e: e.get("t", 0))
+        if trace_t0 is None:
+            return evs
+        return [e | {"trace_ts": round(trace_t0 + float(e.get("t", 0)), 6)} for e in evs]
 
 
 def parse_line(line: str) -> dict[str, Any] | None:
@@ -57,6 +64,15 @@ def parse_output(text: str) -> MicroLog:
         else:
             log.counters = ev
     return log
+
+
+def trace_start_ts(lines: Iterable[bytes]) -> float | None:
+    """The trace's timestamp of the VMM's start: the trace_marker line start-micro.sh writes just before it."""
+    for line in lines:
+        if MICRO_TRACE_MARK in line:
+            m = _TRACE_TS.search(line)
+            return float(m.group(1)) if m else None
+    return None
 
 
 def dirtylog_findings(log: MicroLog) -> list[dict[str, Any]]:

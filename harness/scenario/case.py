@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+from itertools import islice
 import tempfile
 import time
 import traceback
@@ -24,6 +25,7 @@ from harness.images.delay import build_delay_module
 from harness.oracles import judge as judge_mod
 from harness.oracles import ledger as ledger_oracle
 from harness.oracles import micro as micro_oracle
+from harness.oracles.trace import open_lines
 from harness.report.progress import RunProgress
 from harness.report.results import atomic_write
 from harness.scenario import l1host
@@ -238,7 +240,9 @@ def _collect_end(ev: CaseEvidence, guest: Guest, cdir: Path, sh: L1Shell, before
     logs = judge_mod.load_logs(cdir)
     res = ledger_oracle.parse_console(judge_mod.ledger_stream(ev, logs))
     atomic_write(cdir / "ledger.jsonl", "".join(json.dumps(e) + "\n" for e in res.events))
-    if guest.kind == "micro":  # the choreography's steps, on the ledger's clock (the trace timeline joins them)
-        steps = micro_oracle.parse_output(logs.micro_out).events()
+    if guest.kind == "micro":  # the choreography's steps, on the VMM's clock and on the trace's
+        trace = cdir / "trace.txt.gz"
+        t0 = micro_oracle.trace_start_ts(islice(open_lines(trace), 50000)) if trace.exists() else None
+        steps = micro_oracle.parse_output(logs.micro_out).events(trace_t0=t0)
         atomic_write(cdir / MICRO_STEPS_FILE, "".join(json.dumps(e) + "\n" for e in steps))
     return res

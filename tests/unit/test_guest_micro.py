@@ -218,3 +218,14 @@ def test_vacuous_trace_rules_per_guest(guest, checked, verdict):
     else:
         logs = CaseLogs(micro_out=micro_out())
     assert judge(micro_ev(**kw), logs).verdict == verdict
+
+
+def test_steps_line_up_with_the_trace_clock():
+    lines = [b"  sshd-200 [000] .....  41.000100: kvm_unmap_hva_range: x",
+             b"  sh-241 [000] .....  41.250000: tracing_mark_write: HARNESS-MICRO: start",
+             b"  microvm-242 [000] .....  41.300000: kvm_tdp_mmu_spte_changed: gfn 100000"]
+    t0 = micro_oracle.trace_start_ts(lines)
+    assert t0 == 41.25
+    evs = micro_oracle.parse_output(micro_out()).events(trace_t0=t0)
+    assert evs[0]["trace_ts"] == round(41.25 + evs[0]["t"], 6)
+    assert micro_oracle.trace_start_ts(lines[:1]) is None
