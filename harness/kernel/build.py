@@ -34,6 +34,7 @@ from pathlib import Path
 from harness.errors import InfraError, InputError
 from harness.kernel import kconfig, series, source
 from harness.kernel.series import Patch
+from harness.kernel.models import KernelMeta
 from harness.kernel.source import KernelInputs, SourceTree, git
 from harness.paths import cache_dir, results_root
 from harness.util import atomic_write, file_lock
@@ -350,7 +351,7 @@ def build_kernel(kernel_yaml: Path, upto: int | None = None, *, _fresh_objtree: 
                 "times": times, "ccache": make["ccache"], "compiler": p.compiler,
                 "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            KernelMeta.parse(meta, f"{tmp}/meta.json").write(tmp / "meta.json")
             os.chmod(tmp, 0o755)
             if final.exists():
                 # a forced rebuild of an existing key (bench): keep the folder others may be using

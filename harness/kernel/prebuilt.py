@@ -5,7 +5,6 @@ Other Debian kernels (`--kernel debian:7.2`, from sid / trixie-backports) come f
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from harness.errors import InfraError, InputError
+from harness.kernel.models import KernelMeta
 from harness.paths import cache_dir
 
 PKG_RE = re.compile(r"^(linux-image-(6\.12\.(\d+))\+deb\d+-amd64-unsigned)\s")
@@ -72,7 +72,7 @@ def ensure_prebuilt_kernel(refresh: bool = False) -> Path:
         shutil.move(str(unpacked / "lib/modules" / kver), art / "modules/lib/modules" / kver)
         meta = {"source": "debian-prebuilt", "release": kver, "package": pkg,
                 "deb": deb.name, "base": f"debian:{deb.name}", "patches": []}
-        (art / "meta.json").write_text(json.dumps(meta, indent=2))
+        KernelMeta.parse(meta, f"{art}/meta.json").write(art / "meta.json")
         art.rename(dest)
     return dest
 
@@ -82,7 +82,8 @@ def load_kernel_dir(path: Path) -> dict:
     path = Path(path)
     if not (path / "bzImage").is_file():
         raise InputError(f"kernel folder {path} has no bzImage")
-    meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").exists() else {}
+    # read through its model: a meta.json that is not one is an input error naming it
+    meta = KernelMeta.load(path / "meta.json").to_json(with_schema=False) if (path / "meta.json").exists() else {}
     mods = path / "modules/lib/modules"
     rels = [p.name for p in mods.iterdir()] if mods.is_dir() else []
     if not rels:

@@ -96,3 +96,29 @@ def test_a_bisection_is_written_through_its_model(tmp_path):
     assert rec.status == "first-bad" and rec.steps[0].verdict == "good" and rec.to_json() == doc
     with pytest.raises(InputError, match="steps.0.upto"):
         write_outputs(tmp_path, doc | {"steps": [{"verdict": "good"}]})
+
+
+def _kernel_folder(d: Path, meta: dict | None) -> Path:
+    (d / "modules/lib/modules/7.2.0-test").mkdir(parents=True)
+    (d / "bzImage").write_bytes(b"\0" * 600)
+    if meta is not None:
+        (d / "meta.json").write_text(json.dumps(meta))
+    return d
+
+
+def test_a_kernel_meta_is_read_through_its_model(tmp_path):
+    from harness.kernel.models import KernelMeta
+    from harness.kernel.prebuilt import load_kernel_dir
+    built = {"schema": 2, "key": "abc", "release": "7.2.0-test", "source": "build", "base": {"kind": "git"},
+             "patches": [{"name": "0001.patch"}], "config_sha256": "f" * 64, "build_s": 12.5}
+    meta = load_kernel_dir(_kernel_folder(tmp_path / "k1", built))
+    assert meta == built | {"dir": str(tmp_path / "k1")}                       # unchanged, extras kept
+    prebuilt = {"source": "debian-prebuilt", "release": "6.12.57+deb13-amd64", "package": "p", "patches": []}
+    meta = load_kernel_dir(_kernel_folder(tmp_path / "k2", prebuilt))
+    assert "schema" not in meta and meta["package"] == "p"                    # an old meta.json: as it was
+    assert load_kernel_dir(_kernel_folder(tmp_path / "k3", None))["release"] == "7.2.0-test"  # a bare folder
+    with pytest.raises(InputError, match=r"schema 3 is newer than this harness reads \(2\)"):
+        load_kernel_dir(_kernel_folder(tmp_path / "k4", built | {"schema": 3}))
+    with pytest.raises(InputError, match="meta.json: not a valid KernelMeta"):
+        load_kernel_dir(_kernel_folder(tmp_path / "k5", built | {"patches": "all of them"}))
+    assert KernelMeta.parse({"release": "r", "source": "debian-prebuilt"}).to_json()["schema"] == 2
