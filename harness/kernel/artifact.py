@@ -3,7 +3,6 @@ modules/lib/modules/<release>/, config, meta.json) and its module tree: any comp
 from __future__ import annotations
 
 import hashlib
-import json
 import lzma
 import os
 import shutil
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 from harness.errors import InputError
+from harness.kernel.models import KernelMeta
 from harness.paths import cache_dir
 from harness.util import decompressed
 
@@ -69,7 +69,7 @@ def _finish(tmp: Path, key: str, meta: dict) -> Path:
     """meta.json into tmp, tmp renamed to cache/kernels/<key> (an existing one with the same key wins)."""
     final = _kernels() / key
     meta = dict(meta, key=key, built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    KernelMeta.parse(meta, f"{tmp}/meta.json").write(tmp / "meta.json")
     try:
         os.rename(tmp, final)
     except OSError:
