@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.errors import InfraError, InputError
 from harness.paths import cache_dir
-from harness.util import file_lock, sha256_file  # noqa: F401 (callers import them from here too)
+from harness.util import atomic_write, file_lock, sha256_file  # noqa: F401 (callers import them from here too)
 from harness.yamlload import load_model, parse_model
 
 # Fixed identity for the synthetic base commit: the same tree always gives the same commit id.
@@ -139,9 +139,7 @@ def cached_sha256(path: Path) -> str:
         return table[key]
     digest = sha256_file(path)
     table[key] = digest
-    tmp = idx.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(table, indent=1))
-    os.replace(tmp, idx)
+    atomic_write(idx, json.dumps(table, indent=1))
     return digest
 
 

@@ -26,7 +26,7 @@ import yaml
 from harness.errors import EXIT_INFRA, EXIT_INPUT, InputError
 from harness.paths import REPO, cache_dir
 from harness.report.results import VERDICT_EXIT, load_run, write_run_json
-from harness.util import commit_of
+from harness.util import UNKNOWN_COMMIT, change_identity, commit_of
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -453,8 +453,8 @@ def _recipe_json(run: dict, rec: dict, commit: str, overrides: list[str]) -> str
 
 def _harness_commit(run: dict) -> str:
     short = commit_of(str(run.get("versions", {}).get("harness_git") or ""))
-    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    full = r.stdout.strip() if r.returncode == 0 else ""
+    full = commit_of(change_identity(REPO))
+    full = "" if full == UNKNOWN_COMMIT else full
     return full if full and (not short or full.startswith(short.rstrip("?"))) else (short or "unknown")
 
 

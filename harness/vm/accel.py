@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.util import write_json
+
 QEMU = "qemu-system-x86_64"
 PROBE_MARKERS = ("VFS: Unable to mount root", "Kernel panic - not syncing")
 
@@ -109,9 +111,7 @@ def cached_probe(kernel: Path) -> tuple[bool, str]:
         return False, failed
     ok, reason = probe_kvm(kernel)
     if not ok and ident:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"host": ident, "reason": reason}) + "\n")
-        os.replace(tmp, path)
+        write_json(path, {"host": ident, "reason": reason})
     return ok, reason
 
 
