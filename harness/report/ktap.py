@@ -15,8 +15,11 @@ an error"; a parser that does not know it falls back to the `not ok` (ktap.rst),
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.evidence import Finding
+from harness.report.models import RunRecord
 from harness.util import atomic_write
 
 INFRA_VERDICTS = ("infra-error", "input-error")  # a run's verdicts that say nothing about the kernel
@@ -47,29 +50,31 @@ def name_of(text) -> str:
     return clean(text, 200) or "unnamed"
 
 
-def _finding_lines(findings: list[dict]) -> list[str]:
+def _pages_lines(f: Finding) -> list[str]:
+    pages = getattr(f, "pages", None) or []
+    return [f"  page gfn {p['gfn']:#x} index {p.get('index')}: gen {p.get('found')} instead of {p.get('expected')}"
+            for p in pages[:MAX_PAGES] if isinstance(p.get("gfn"), int)]
+
+
+def _finding_lines(findings: list[Finding]) -> list[str]:
     out = []
     for f in findings[:MAX_DIAG_FINDINGS]:
-        tag = "infra-error" if f.get("oracle") == "infra" else "finding"
-        out.append(f"{tag}: [{f.get('oracle')}/{f.get('layer')}/{f.get('kind')}] {f.get('title')}")
-        for p in (f.get("pages") or [])[:MAX_PAGES]:
-            if isinstance(p.get("gfn"), int):
-                out.append(f"  page gfn {p['gfn']:#x} index {p.get('index')}: gen {p.get('found')} instead of "
-                           f"{p.get('expected')}")
-        if f.get("oracle") == "trace" and f.get("pfn") is not None and f.get("gfn") is not None:
-            out.append(f"  gfn {f['gfn']:#x} at L1 pfn {f['pfn']:#x}, rules {', '.join(f.get('rules') or [])}")
-        if f.get("patch"):
-            out.append(f"  patch under test: {f['patch']}")
+        out.append(f"{'finding' if f.real else 'infra-error'}: [{f.oracle}/{f.layer}/{f.kind}] {f.title}")
+        out += _pages_lines(f)
+        gfn, pfn = getattr(f, "gfn", None), getattr(f, "pfn", None)
+        if f.oracle == "trace" and isinstance(gfn, int) and isinstance(pfn, int):
+            out.append(f"  gfn {gfn:#x} at L1 pfn {pfn:#x}, rules {', '.join(getattr(f, 'rules', None) or [])}")
+        if f.patch:
+            out.append(f"  patch under test: {f.patch}")
     if len(findings) > MAX_DIAG_FINDINGS:
         out.append(f"... and {len(findings) - MAX_DIAG_FINDINGS} more findings (findings.json)")
     return out
 
 
-def _pass_line(run: dict) -> str:
-    lg, tr = run.get("ledger") or {}, run.get("trace") or {}
+def _pass_line(run: RunRecord) -> str:
+    lg, rules = run.ledger, run.trace.get("rules") or {}
     s = (f"pass: ledger verified {lg.get('pages_verified')} page reads over {lg.get('rounds_done')} rounds, "
          f"{(lg.get('stale') or 0) + (lg.get('zero') or 0) + (lg.get('corrupt') or 0)} bad")
-    rules = tr.get("rules") or {}
     if rules:
         ran = [r for r, v in rules.items() if v.get("ran")]
         s += (f"; trace rules {'/'.join(ran) or 'none'} ran, "
@@ -77,32 +82,42 @@ def _pass_line(run: dict) -> str:
     return s
 
 
-def _cases(run: dict) -> list[dict]:
-    """The run's cases (run.json "cases" when it has several), else the run itself as its one case."""
-    return run.get("cases") or [{"name": "default", "verdict": run.get("verdict"), "findings": run.get("findings"),
-                                 "time": (run.get("timings") or {}).get("total_s")}]
+@dataclass
+class Case:
+    """One case of a run as its KTAP test: the run itself, or one of run.json's "cases" (several)."""
+    name: str
+    verdict: str
+    findings: list[Finding] = field(default_factory=list)
+    time: float | None = None
+    expect: str = "pass"
 
 
-def case_lines(run: dict, case: dict, num: int) -> list[str]:
-    verdict, expect = case.get("verdict"), case.get("expect", "pass")
-    findings = case.get("findings") or []
-    diags = [f"case {case.get('name')}: verdict {verdict} (expected {expect})"
-             + (f", {float(case['time']):.1f} s" if isinstance(case.get("time"), (int, float)) else "")]
-    diags += _finding_lines(findings) if findings else [_pass_line(run)] if verdict == "pass" else []
-    ok = verdict == expect
+def _cases(run: RunRecord) -> list[Case]:
+    listed = getattr(run, "cases", None)
+    if not listed:
+        return [Case("default", run.verdict, list(run.findings), run.timings.total_s)]
+    return [Case(str(c.get("name")), str(c.get("verdict")), [Finding.model_validate(f) for f in c.get("findings") or []],
+                 c.get("time") if isinstance(c.get("time"), (int, float)) else None, c.get("expect", "pass"))
+            for c in listed]
+
+
+def case_lines(run: RunRecord, case: Case, num: int) -> list[str]:
+    diags = [f"case {case.name}: verdict {case.verdict} (expected {case.expect})"
+             + (f", {float(case.time):.1f} s" if case.time is not None else "")]
+    diags += _finding_lines(case.findings) if case.findings else [_pass_line(run)] if case.verdict == "pass" else []
+    ok = case.verdict == case.expect
     directive = ""
-    if verdict in INFRA_VERDICTS and not ok:
-        why = next((f.get("title") for f in findings), None) or "the harness could not judge this case"
-        directive = f" # ERROR {verdict}: {clean(why, 200)}"
-    return [f"# {clean(d)}" for d in diags] + [f"{'ok' if ok else 'not ok'} {num} {name_of(case.get('name'))}"
-                                                + directive]
+    if case.verdict in INFRA_VERDICTS and not ok:
+        why = next((f.title for f in case.findings), None) or "the harness could not judge this case"
+        directive = f" # ERROR {case.verdict}: {clean(why, 200)}"
+    return [f"# {clean(d)}" for d in diags] + [f"{'ok' if ok else 'not ok'} {num} {name_of(case.name)}" + directive]
 
 
-def run_ktap(run: dict) -> str:
+def run_ktap(run: RunRecord) -> str:
     """KTAP for one run: one test per case, its findings as diagnostics right before its result line."""
     cases = _cases(run)
-    sc, k = run.get("scenario") or {}, run.get("kernel") or {}
-    head = (f"kvm-dirty-harness run {run.get('run_id')}: scenario {sc.get('name')}, seed {sc.get('seed')}, "
+    sc, k = run.scenario, run.kernel
+    head = (f"kvm-dirty-harness run {run.run_id}: scenario {sc.get('name')}, seed {sc.get('seed')}, "
             f"kernel {k.get('release')} ({k.get('source')})")
     lines = ["KTAP version 1", f"1..{len(cases)}", f"# {clean(head)}"]
     for i, c in enumerate(cases, 1):
@@ -242,8 +257,9 @@ def write_bisect_ktap(doc: dict, path) -> Path:
     return Path(path)
 
 
-def write_run_ktap(run: dict, path) -> Path:
-    atomic_write(Path(path), run_ktap(run))
+def write_run_ktap(run: RunRecord | dict, path) -> Path:
+    """results.ktap of a run (run.json's content is read through its model)."""
+    atomic_write(Path(path), run_ktap(run if isinstance(run, RunRecord) else RunRecord.parse(run, str(path))))
     return Path(path)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.paths import cache_dir
+from harness.report.models import RunRecord
 from harness.report.ktap import bisect_ktap, clean, matrix_ktap, run_ktap, write_matrix_ktap, write_run_ktap
 
 TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
@@ -70,7 +71,7 @@ def test_a_pass_run_is_one_passing_test(kunit_py, tmp_path):
 
 def test_a_finding_run_fails_with_its_findings_as_diagnostics(kunit_py, tmp_path):
     run = pass_run() | {"verdict": "finding", "findings": [LOST, R1, PANIC]}
-    text = run_ktap(run)
+    text = run_ktap(RunRecord.parse(run))
     lines = text.splitlines()
     assert lines[-1] == "not ok 1 default"
     diags = [ln for ln in lines if ln.startswith("# ")]
@@ -87,7 +88,7 @@ def test_a_finding_run_fails_with_its_findings_as_diagnostics(kunit_py, tmp_path
 
 def test_an_infra_run_fails_with_the_error_directive_not_skip(kunit_py, tmp_path):
     run = pass_run() | {"verdict": "infra-error", "findings": [FROZEN]}
-    text = run_ktap(run)
+    text = run_ktap(RunRecord.parse(run))
     assert "# infra-error: [infra/L0/error] L1's QEMU is stopped" in text
     assert text.rstrip().splitlines()[-1].startswith("not ok 1 default # ERROR infra-error: L1's QEMU")
     assert "SKIP" not in text
@@ -100,7 +101,7 @@ def test_an_infra_run_fails_with_the_error_directive_not_skip(kunit_py, tmp_path
 def test_a_case_that_expects_a_finding_passes_on_one():
     run = pass_run() | {"cases": [{"name": "mutant", "verdict": "finding", "expect": "finding", "findings": [LOST]},
                                   {"name": "clean", "verdict": "pass"}]}
-    lines = run_ktap(run).splitlines()
+    lines = run_ktap(RunRecord.parse(run)).splitlines()
     assert lines[1] == "1..2" and "ok 1 mutant" in lines and "ok 2 clean" in lines
 
 
