@@ -277,7 +277,8 @@ class Monitor:
                 return True
         boot_limit = t.l2_boot_s * self.timeout_scale
         if self.l2_boot_s is None and now - self._t_l2 > boot_limit:
-            return self._l1_unwell() or self._event("boot-timeout", f"no init line within {boot_limit:.0f} s")
+            return self._l1_unwell() or self._event(
+                "boot-timeout", f"no '{self.files.up_marker.decode()}' line within {boot_limit:.0f} s")
         stall = t.stall_s * self.timeout_scale
         if self.l2_boot_s is not None and not self.ledger.done and now - self._last_line > stall:
             if self._l1_unwell():
