@@ -106,7 +106,8 @@ def monitor_findings(ev: CaseEvidence) -> list[Finding]:
         if m.kind == "stall":  # L1 answered, L2 did not: evidence (L2 may hang on its own lost writes)
             out.append(Finding(oracle="console", layer="L2", kind="hang", title=f"L2 stalled: {m.detail}"))
         elif m.kind == "boot-timeout":
-            out.append(infra("L2", "boot-timeout", f"L2 did not start the ledger: {m.detail}"))
+            who = "the micro-guest VMM did not start" if ev.guest == "micro" else "L2 did not start the ledger"
+            out.append(infra("L2", "boot-timeout", f"{who}: {m.detail}"))
         elif m.kind == "wall-clock":
             out.append(infra("L0", "timeout", f"run exceeded its wall-clock limit: {m.detail}"))
         else:
