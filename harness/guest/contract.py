@@ -52,7 +52,7 @@ MICRO_EVENTS: dict[str, tuple[str, ...]] = {
 }
 BAD_CLASSES = ("stale", "zero", "corrupt")
 MICRO_STEPS = ("guest-write", "pageout", "reclaim", "host-read", "guest-read", "guest-verify", "collapse", "split",
-               "ksm-merge", "dirty-harvest")
+               "discard", "ksm-merge", "dirty-harvest")
 
 # -- the micro-guest's choreographies ---------------------------------------------------------------------------
 # The names are the contract with guest-images/microvm (its `microvm --list` prints NAME<TAB>description; a unit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,8 @@ from harness.config import parse_scenario
 from harness.errors import InputError
 from harness.evidence import CaseEvidence, L1Facts, L2Facts
 from harness.guest import guest_for
-from harness.guest.contract import (CHOREOGRAPHIES, DATA_GFN_BASE, LINUX_L2_FILES, MICRO_FILES, data_gfn_range,
+from harness.guest.contract import (CHOREOGRAPHIES, DATA_GFN_BASE, LINUX_L2_FILES, MICRO_FILES, MICRO_STEPS,
+                                    data_gfn_range,
                                     linux_l2_gfn_range, parse_list_output)
 from harness.guest.micro import microvm_argv
 from harness.oracles import micro as micro_oracle
@@ -229,3 +231,35 @@ def test_steps_line_up_with_the_trace_clock():
     evs = micro_oracle.parse_output(micro_out()).events(trace_t0=t0)
     assert evs[0]["trace_ts"] == round(41.25 + evs[0]["t"], 6)
     assert micro_oracle.trace_start_ts(lines[:1]) is None
+
+
+# -- recorded real lines (tests/fixtures/micro/: microvm's stdout from runs of scenarios/micro.yaml under TCG) --
+RECORDED = Path(__file__).resolve().parents[1] / "fixtures/micro"
+SWAPPED = L1Facts(taint_before=0, taint_after=0, vmstat_delta={"pswpout": 4096, "pswpin": 0})
+
+
+@pytest.mark.parametrize("name,rc_,selftest,verdict,stale", [
+    ("clean-6.12-four-choreographies.out", 0, 0, "pass", 0),
+    ("clean-7.2-four-choreographies.out", 0, 0, "pass", 0),
+    ("selftest-8-6.12.out", 1, 8, "finding", 8),
+])
+def test_judge_on_recorded_micro_output(name, rc_, selftest, verdict, stale):
+    text = (RECORDED / name).read_text()
+    j = judge(micro_ev(l1=SWAPPED, l2=rc(rc_), selftest_pages=selftest), CaseLogs(micro_out=text))
+    assert j.verdict == verdict, [f.title for f in j.findings]
+    assert j.ledger["stale"] == stale and j.ledger["complete"]
+    log = micro_oracle.parse_output(text)
+    assert log.malformed == 0 and log.counters["pages_out"] > 0 and log.counters["pages_in"] > 0
+    # the four choreographies, then the VMM's final pass over every page ("final")
+    assert {s["chor"] for s in log.steps} == {"write-pageout-read-write", "host-read-prefetch", "dirty-log",
+                                             "readonly-then-write", "final"}
+    assert all(d["missing"] == 0 for d in log.dirtylog) and len(log.dirtylog) > 0
+    assert all(s["step"] in MICRO_STEPS for s in log.steps)
+
+
+def test_recorded_run_without_swap_is_not_a_pass():
+    text = (RECORDED / "clean-6.12-four-choreographies.out").read_text()
+    l1 = L1Facts(taint_before=0, taint_after=0, vmstat_delta={"pswpout": 0})
+    j = judge(micro_ev(l1=l1), CaseLogs(micro_out=text))
+    assert j.verdict == "infra-error" and {f.kind for f in j.findings} == {"host-steps-missing"}
+    assert "L1 pswpout=0 < 64" in j.findings[0].title
