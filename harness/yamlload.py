@@ -4,7 +4,7 @@ the line and the key (or the override that caused it)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -104,7 +104,7 @@ def _set_path(d: dict, dotted: str, value: Any, ov: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # ValidationError → one line
 # ----------------------------------------------------------------------------------------------------------
-def _split(err: dict, data: Any) -> tuple[Path_, list[tuple[Path_, str]]]:
+def _split(err: Mapping[str, Any], data: Any) -> tuple[Path_, list[tuple[Path_, str]]]:
     """The error's key path in the data, and the union members ("tags") its loc went through.
 
     pydantic puts a union member's name in loc ('base', 'GitBase', 'git'); those are not keys of the data."""
@@ -126,7 +126,7 @@ def _split(err: dict, data: Any) -> tuple[Path_, list[tuple[Path_, str]]]:
     return tuple(path), tags
 
 
-def _pick(errors: list[dict], data: Any) -> tuple[dict, Path_]:
+def _pick(errors: Sequence[Mapping[str, Any]], data: Any) -> tuple[Mapping[str, Any], Path_]:
     """The one error worth reporting, and its key path.  In a union, keep only the member the input came
     closest to: not a type mismatch of the whole value, then fewest errors (`{git: 1}` is a GitBase with a bad
     git, not a DebianBase with an unknown key)."""

@@ -241,7 +241,9 @@ class PrivateApt:
 # ----------------------------------------------------------------------------------------------------------
 def parse_stanzas(text: str) -> list[dict]:
     """`apt-cache show` output -> one dict per package version (continuation lines joined)."""
-    out, cur, key = [], {}, None
+    out: list[dict] = []
+    cur: dict[str, str] = {}
+    key = None
     for line in text.splitlines() + [""]:
         if not line.strip():
             if cur:

@@ -88,7 +88,8 @@ def _defconfig(meta: dict, problems: list[str]) -> tuple[str, bytes | None]:
     A name found in the base tree stays a name (the base is pinned by its sha256, and the same string keeps
     the build's input key, so a machine that has the kernel cached gets a cache hit); a path is embedded."""
     name = str(meta.get("defconfig") or "x86_64_defconfig")
-    base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
+    raw_base = meta.get("base")
+    base = raw_base if isinstance(raw_base, dict) else {}
     tree = cache_dir() / "src" / str(base.get("id", ""))
     commit = base.get("base_commit")
     if commit and (tree / ".git").exists() and "/" not in name:

@@ -98,8 +98,8 @@ class QemuVM:
                 if fm in text:
                     raise InfraError(f"L1 console shows '{fm}' before '{marker}'")
             if not self.alive():
-                raise InfraError(f"L1 QEMU exited (code {self.proc.returncode}) before '{marker}': "
-                                 f"{self.stderr_tail()}")
+                code = self.proc.returncode if self.proc else None
+                raise InfraError(f"L1 QEMU exited (code {code}) before '{marker}': {self.stderr_tail()}")
             time.sleep(0.1)
         raise InfraError(f"L1 did not print '{marker}' within {timeout:.0f} s")
 
@@ -122,7 +122,8 @@ class QemuVM:
             qmp.connect()
             qmp.cmd("quit")
             qmp.close()
-            self.proc.wait(timeout=timeout)
+            if self.proc:
+                self.proc.wait(timeout=timeout)
         except Exception:
             pass
         self.kill()

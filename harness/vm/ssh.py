@@ -120,7 +120,9 @@ class L1Shell:
             try:
                 c.connect("127.0.0.1", port=self.port, username="root", pkey=self.key, timeout=5,
                           banner_timeout=10, auth_timeout=10, allow_agent=False, look_for_keys=False)
-                c.get_transport().set_keepalive(5)
+                transport = c.get_transport()
+                assert transport is not None  # connect() returned: the transport is up
+                transport.set_keepalive(5)
                 self.client = c
                 return time.monotonic() - t0
             except (paramiko.SSHException, OSError, EOFError) as e:
