@@ -107,10 +107,7 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image | None, l2_kernel
                 copy_into(root, s, f"harness/{s.name}", 0o755)
         modules = _install_modules(root, kernel_dir / "modules", release)
         # SSH: dropbear with a host key made here and pinned by L0.
-        for b in (Path("/usr/sbin/dropbear"), QEMU) if l2 is not None else (Path("/usr/sbin/dropbear"),):
-            copy_into(root, b, mode=0o755)
-            for lib in ldd_libs(b):
-                copy_into(root, lib)
+        _install_binary(root, Path("/usr/sbin/dropbear"))
         (root / "etc/dropbear").mkdir(parents=True)
         _run(["dropbearkey", "-t", "ecdsa", "-s", "256", "-f", str(root / "etc/dropbear/dropbear_ecdsa_host_key")])
         pub = next(line for line in _run(["dropbearkey", "-y", "-f",
@@ -120,15 +117,7 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image | None, l2_kernel
         (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         (root / "etc/group").write_text("root:x:0:\n")
         (root / "etc/shells").write_text("/bin/sh\n")
-        if l2 is not None and l2_kernel is not None:
-            for fw in FIRMWARE:
-                copy_into(root, _firmware(fw), f"usr/share/qemu/{fw}")
-            copy_into(root, l2_kernel, "l2/bzImage")
-            copy_into(root, l2.initramfs, "l2/initramfs.cpio")
-            guest = {"guest": "linux", "l2_key": l2.key, "qemu": _run([str(QEMU), "--version"]).splitlines()[0]}
-        else:
-            copy_into(root, microvm, "harness/microvm", 0o755)
-            guest = {"guest": "micro", "microvm": microvm.name}
+        guest = _install_guest(root, l2, l2_kernel, microvm)
         pack(root, art / "initramfs.cpio")
         manifest = {"key": key, "release": release, "host_key_pub": pub, "modules": modules, **guest,
                     "bytes": (art / "initramfs.cpio").stat().st_size}
@@ -143,6 +132,28 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image | None, l2_kernel
             return L1Image(out_dir / "initramfs.cpio", m["host_key_pub"], key, m["modules"])
     prune_l1_images(keep=12)
     return L1Image(out_dir / "initramfs.cpio", pub, key, modules)
+
+
+def _install_binary(root: Path, binary: Path) -> None:
+    """A dynamic binary with its libraries and loader."""
+    copy_into(root, binary, mode=0o755)
+    for lib in ldd_libs(binary):
+        copy_into(root, lib)
+
+
+def _install_guest(root: Path, l2: L2Image | None, l2_kernel: Path | None, microvm: Path | None) -> dict:
+    """The guest's part of L1's image; returns what the manifest records of it."""
+    if l2 is not None and l2_kernel is not None:
+        _install_binary(root, QEMU)
+        for fw in FIRMWARE:
+            copy_into(root, _firmware(fw), f"usr/share/qemu/{fw}")
+        copy_into(root, l2_kernel, "l2/bzImage")
+        copy_into(root, l2.initramfs, "l2/initramfs.cpio")
+        return {"guest": "linux", "l2_key": l2.key, "qemu": _run([str(QEMU), "--version"]).splitlines()[0]}
+    if microvm is None:
+        raise ValueError("an L1 image needs a guest")
+    copy_into(root, microvm, "harness/microvm", 0o755)  # static: no libraries, no QEMU, no L2
+    return {"guest": "micro", "microvm": microvm.name}
 
 
 def prune_l1_images(keep: int) -> None:
