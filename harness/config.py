@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.guest.contract import CHOREOGRAPHIES, unknown_choreographies
+from harness.guest.contract import CHOREOGRAPHIES, DEFAULT_CHOREOGRAPHIES, unknown_choreographies
 from harness.yamlload import load_model, parse_model
 
 
@@ -86,9 +86,10 @@ class Thresholds(Strict):
 class MicroKnobs(Strict):
     """The micro-guest (guest: micro): a VMM of our own in L1 stages the race page by page (docs/microguest.md).
     Its backend is the scenario's memory_backend (plus "thp", micro only)."""
-    choreographies: list[str] = Field(default_factory=lambda: ["write-pageout-read-write"], min_length=1)
-    pages: int = Field(1024, ge=1, le=1 << 20)
-    rounds: int = Field(4, ge=1, le=10000)
+    # the defaults are scenarios/micro.yaml's: every choreography that needs no THP backend or KSM, 2 MiB, once
+    choreographies: list[str] = Field(default_factory=lambda: list(DEFAULT_CHOREOGRAPHIES), min_length=1)
+    pages: int = Field(512, ge=1, le=1 << 20)
+    rounds: int = Field(1, ge=1, le=10000)
     vcpus: int = Field(1, ge=1, le=8)
     batch: int = Field(256, ge=1)
     selftest_pages: int = Field(0, ge=0)  # >0: the VMM restores this many pages to an old copy (proves the oracle)

@@ -73,6 +73,8 @@ CHOREOGRAPHIES: dict[str, str] = {
     "ksm-then-write": "identical pages merged by ksmd (one read-only pfn), read by the guest (read-only SPTE), "
                       "written (COW break), page out, read after swap-out, write, page out, verify (needs ksm on)",
 }
+# the ones that need no THP backend and no KSM (scenarios/micro.yaml, the `micro` knobs' default)
+DEFAULT_CHOREOGRAPHIES = ("write-pageout-read-write", "host-read-prefetch", "dirty-log", "readonly-then-write")
 MICRO_BACKENDS = ("anon", "thp", "memfd", "file")
 MICRO_DATA_FILE = "/run/microvm.data"  # the `file` backend's file in L1's tmpfs
 

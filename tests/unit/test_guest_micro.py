@@ -74,7 +74,10 @@ def test_list_output_parses():
 def test_default_guest_is_linux_and_micro_knobs_validate():
     assert parse_scenario("").guest == "linux"
     s = parse_scenario("guest: micro\nmicro: {choreographies: [write-pageout-read-write, dirty-log], pages: 512}")
-    assert s.guest == "micro" and s.micro.choreographies == [WPRW, "dirty-log"] and s.workload_rounds == 4
+    assert s.guest == "micro" and s.micro.choreographies == [WPRW, "dirty-log"] and s.workload_rounds == 1
+    d = parse_scenario("guest: micro").micro
+    assert (d.pages, d.rounds, len(d.choreographies)) == (512, 1, 4)
+    assert set(d.choreographies) <= set(CHOREOGRAPHIES)
 
 
 @pytest.mark.parametrize("text,overrides,needle", [
