@@ -51,13 +51,37 @@ class MonitorEvent(BaseModel):
 
 
 class L1Facts(BaseModel):
+    """What L1 was and what happened to it: the scenario stage fills it (harness.scenario.case), the judge reads
+    the taint, vmstat and memory.events, and run.json's "l1" is this model (harness.report.models.RunRecord).
+    None: not measured (L1 never came up far enough, or a run recorded before the field existed)."""
+    model_config = ConfigDict(extra="allow")  # a field a later harness adds passes through an older one
+    qemu_cmd: list[str] | None = None  # L1's QEMU command line, as started
+    cmdline: str | None = None  # L1's /proc/cmdline
+    # setup-host.sh's facts
+    cpu_vendor: str | None = None
     kvm_module: str | None = None
     nested: bool | None = None
+    tdp: bool | None = None
+    tdp_mmu: bool | None = None
+    clocksource: str | None = None
+    thp: str | None = None
+    mglru: str | None = None
+    zswap: str | None = None
+    swap: str | None = None
+    kvm_params: str | None = None
     taint_before: int | None = None
-    taint_after: int | None = None
+    delays: str | None = None
+    delay_counts: dict[str, list[int]] | None = None  # per delay probe ("seen", "fired"): hits and delays
+    # the end of the run (the order is run.json's, as the runs recorded so far have it)
     vmstat_delta: dict[str, int] = Field(default_factory=dict)
+    taint_after: int | None = None
     memory_events: dict[str, str] = Field(default_factory=dict)
+    swaps: str | None = None  # /proc/swaps
     swap_peak_frac: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """run.json's "l1": the facts that were measured (set), in the model's order."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 class L2Facts(BaseModel):
@@ -94,7 +118,8 @@ class CaseEvidence(BaseModel):
     # facts that could not be collected, and the error that ended the case early (each an infra finding)
     unavailable: list[str] = Field(default_factory=list)
     error: Finding | None = None
-    # descriptive facts for run.json (accelerator, images, L1 set-up, timings): the judge does not read them
+    # descriptive facts for run.json (accelerator, images, timings, L2's end): the judge does not read them (L1's
+    # are `l1`, typed, for both)
     info: dict[str, Any] = Field(default_factory=dict)
 
     def save(self, case_dir: Path) -> None:
@@ -105,11 +130,46 @@ class CaseEvidence(BaseModel):
         return cls.model_validate(json.loads((Path(case_dir) / "evidence.json").read_text()))
 
 
+class MicroTotals(BaseModel):
+    """The micro-guest VMM's share of the ledger totals (harness.oracles.micro)."""
+    model_config = ConfigDict(extra="allow")
+    counters: dict[str, Any] | None = None  # the VMM's last "counters" line
+    steps: int = 0
+    dirty_log_missing: int = 0
+
+
+class LedgerTotals(BaseModel):
+    """The ledger's totals, as the judge made them (`Judgement.ledger`) and run.json records them ("ledger").
+    None: not in the record (a run.json older than the field)."""
+    model_config = ConfigDict(extra="allow")
+    pages: int | None = None
+    rounds: int | None = None
+    rounds_done: int | None = None
+    pages_verified: int | None = None
+    trail_verified: int | None = None  # extra in-round checks (ledger.trail_batches)
+    stale: int | None = None
+    zero: int | None = None
+    corrupt: int | None = None
+    complete: bool | None = None  # the ledger printed its "done" line
+    dma_pages: int | None = None  # pages written to the DMA disk (ledger.dma_frac); only when that ran
+    first_bad_s: float | None = None  # seconds since the ledger started
+    selftest: dict[str, Any] | None = None  # what the self-test tampered with (selftest_pages > 0)
+    micro: MicroTotals | None = None  # the micro-guest's counters (guest "micro")
+
+    @property
+    def bad(self) -> int:
+        return (self.stale or 0) + (self.zero or 0) + (self.corrupt or 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The keys it was built or read with, nothing added."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
 class Judgement(BaseModel):
     verdict: Verdict
     findings: list[Finding]
     first_finding_s: float | None = None
-    ledger: dict[str, Any] = Field(default_factory=dict)  # the ledger's totals, as run.json records them
+    ledger: LedgerTotals = Field(default_factory=LedgerTotals)  # as run.json records them
     # set when the case should be run again before anything is concluded (TCG nested-paging emulation crash)
     retry: str | None = None
     infra_events: list[str] = Field(default_factory=list)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.evidence import CaseEvidence, Finding, Judgement, Verdict, infra
+from harness.evidence import CaseEvidence, Finding, Judgement, MicroTotals, Verdict, infra
 from harness.guest.contract import MICRO_RC_INFRA, MICRO_RC_USAGE
 from harness.oracles import ledger as ledger_oracle
 from harness.oracles import micro as micro_oracle
@@ -273,11 +273,10 @@ def judge(ev: CaseEvidence, logs: CaseLogs) -> Judgement:
     crash = tcg_l2_crash_without_evidence(ev.accel_mode, ev.l2_fault, findings)
     retry = (f"L2 crashed under TCG with no lost write and no trace violation ({crash})" if crash
              else end.title if tail_lost and end else None)
-    ledger = res.totals() | {"first_bad_s": res.first_bad_t}
-    if ev.selftest_pages:
-        ledger["selftest"] = res.selftest
+    extra: dict[str, Any] = {"selftest": res.selftest} if ev.selftest_pages else {}
     if mlog:
-        ledger["micro"] = {"counters": mlog.counters, "steps": len(mlog.steps),
-                           "dirty_log_missing": mlog.dirty_missing}
+        extra["micro"] = MicroTotals(counters=mlog.counters, steps=len(mlog.steps),
+                                     dirty_log_missing=mlog.dirty_missing)
+    ledger = res.totals(**extra)
     return Judgement(verdict=verdict_of(findings), findings=findings, first_finding_s=first, ledger=ledger,
                      retry=retry, judge_version=JUDGE_VERSION)

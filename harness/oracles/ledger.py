@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.evidence import LedgerTotals
 from harness.guest.contract import LEDGER_PREFIX
 
 PREFIX = LEDGER_PREFIX
@@ -43,11 +44,13 @@ class LedgerResult:
     def bad_total(self) -> int:
         return self.stale + self.zero + self.corrupt
 
-    def totals(self) -> dict[str, Any]:
-        out = {"pages": self.pages, "rounds": self.rounds, "rounds_done": self.rounds_done,
-               "pages_verified": self.pages_verified, "trail_verified": self.trail_verified, "stale": self.stale,
-               "zero": self.zero, "corrupt": self.corrupt, "complete": self.done}
-        return out | ({"dma_pages": self.dma_pages} if self.dma_pages is not None else {})
+    def totals(self, **extra: Any) -> LedgerTotals:
+        """The totals run.json records (`extra`: the judge's additions, the self-test's and the micro-guest's)."""
+        dma = {"dma_pages": self.dma_pages} if self.dma_pages is not None else {}
+        return LedgerTotals(pages=self.pages, rounds=self.rounds, rounds_done=self.rounds_done,
+                            pages_verified=self.pages_verified, trail_verified=self.trail_verified, stale=self.stale,
+                            zero=self.zero, corrupt=self.corrupt, complete=self.done, **dma,
+                            first_bad_s=self.first_bad_t, **extra)
 
 
 def parse_line(line: str) -> dict[str, Any] | None:

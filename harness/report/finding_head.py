@@ -8,15 +8,24 @@ details (kernel, L1, ledger, trace rules, every finding) follow it in summary.tx
 from __future__ import annotations
 
 import shlex
+from typing import Any
+
+from harness.evidence import Finding
+from harness.report.models import RunRecord
 
 MAX_LINES = 10
 LEDGER_KINDS = ("stale", "zero", "corrupt")
 
 
-def head_lines(run: dict, run_dir: str) -> list[str]:
+def _own(f: Finding, name: str, default: Any = None) -> Any:
+    """An oracle's own field of a finding (pages, count, rule, gfn...: Finding's extra fields), or `default`."""
+    return getattr(f, name, default)
+
+
+def head_lines(run: RunRecord, run_dir: str) -> list[str]:
     """summary.txt's first lines (<= MAX_LINES); `run_dir`: the results folder as the user should type it."""
-    verdict = run.get("verdict", "?")
-    findings = [f for f in run.get("findings", []) if f.get("oracle") != "infra"]
+    verdict = run.verdict
+    findings = [f for f in run.findings if f.real]
     code = {"pass": 0, "finding": 1, "infra-error": 3, "input-error": 2}.get(verdict, 3)
     out = [f"verdict  {verdict.upper()} (exit {code}): " + _verdict_text(run, findings)]
     if verdict == "finding":
@@ -27,68 +36,73 @@ def head_lines(run: dict, run_dir: str) -> list[str]:
     return out[:MAX_LINES]
 
 
-def _verdict_text(run: dict, findings: list[dict]) -> str:
-    verdict = run.get("verdict")
-    if verdict == "pass":
-        lg = run.get("ledger") or {}
-        return (f"no lost write: {lg.get('pages_verified', 0):,} page checks over {lg.get('rounds_done')}/"
-                f"{lg.get('rounds')} rounds, no oracle found anything")
-    if verdict == "finding":
-        return "; ".join(dict.fromkeys(f.get("title", "") for f in findings if f.get("kind") != "ledger-timeline"
-                                       and f.get("oracle") != "trace")) or findings[0].get("title", "")
-    infra = [f for f in run.get("findings", []) if f.get("oracle") == "infra"]
-    why = infra[0].get("title") if infra else "; ".join(run.get("infra_events", [])[-1:]) or "see below"
+def _verdict_text(run: RunRecord, findings: list[Finding]) -> str:
+    if run.verdict == "pass":
+        lg = run.ledger
+        return (f"no lost write: {lg.pages_verified or 0:,} page checks over {lg.rounds_done}/"
+                f"{lg.rounds} rounds, no oracle found anything")
+    if run.verdict == "finding":
+        return "; ".join(dict.fromkeys(f.title for f in findings if f.kind != "ledger-timeline"
+                                       and f.oracle != "trace")) or findings[0].title
+    infra = [f for f in run.findings if not f.real]
+    why = infra[0].title if infra else "; ".join(run.infra_events[-1:]) or "see below"
     return f"the harness could not judge this kernel: {why}"
 
 
-def _lost_lines(findings: list[dict]) -> list[str]:
+def _lost_lines(findings: list[Finding]) -> list[str]:
     """'lost' line: the ledger's bad pages by class and the first one (gfn, index, the L1 pfn the trace saw)."""
-    ledger = [f for f in findings if f.get("oracle") == "ledger" and f.get("kind") in LEDGER_KINDS]
-    dirty_log = next((f for f in findings if f.get("kind") == "dirty-log-missing"), None)
+    ledger = [f for f in findings if f.oracle == "ledger" and f.kind in LEDGER_KINDS]
+    dirty_log = next((f for f in findings if f.kind == "dirty-log-missing"), None)
     if dirty_log and not ledger:  # the micro-guest's VMM: written pages KVM_GET_DIRTY_LOG did not report
-        h = (dirty_log.get("harvests") or [{}])[0]
+        h = (_own(dirty_log, "harvests") or [{}])[0]
         gfn = h.get("first_missing_gfn")
-        return [f"lost     {dirty_log.get('count')} written page(s) missing from KVM's dirty log"
+        return [f"lost     {_own(dirty_log, 'count')} written page(s) missing from KVM's dirty log"
                 + (f"; first: gfn {gfn:#x} ({h.get('chor')}, round {h.get('round')})" if isinstance(gfn, int)
                    else "")]
     if not ledger:
         return []
-    counts = ", ".join(f"{f.get('count', len(f.get('pages', [])))} {f['kind']}" for f in ledger)
-    first = min((p for f in ledger for p in f.get("pages", [])[:1]), key=lambda p: p.get("round", 0), default=None)
+    counts = ", ".join(f"{_own(f, 'count', len(_own(f, 'pages', [])))} {f.kind}" for f in ledger)
+    first = min((p for f in ledger for p in _own(f, "pages", [])[:1]), key=lambda p: p.get("round", 0), default=None)
     text = f"lost     {counts} page(s)"
     if first and isinstance(first.get("gfn"), int):
         text += f"; first: L2 gfn {first['gfn']:#x} (ledger index {first.get('index')}, generation " \
                 f"{first.get('found')} read back, {first.get('expected')} written)"
-        tl = next((f for f in findings if f.get("kind") == "ledger-timeline" and f.get("gfn") == first["gfn"]), None)
-        if tl and tl.get("pfn") is not None:  # the trace's story of that page: "L1 pfn 0x..: ..., freed"
-            text += " in " + str(tl.get("title", "")).split(": ", 1)[-1].split(" (rules ")[0]
+        tl = next((f for f in findings if f.kind == "ledger-timeline" and _own(f, "gfn") == first["gfn"]), None)
+        if tl and _own(tl, "pfn") is not None:  # the trace's story of that page: "L1 pfn 0x..: ..., freed"
+            text += " in " + tl.title.split(": ", 1)[-1].split(" (rules ")[0]
     return [text]
 
 
-def _rule_text(run: dict, findings: list[dict]) -> str:
-    rules = [f for f in findings if f.get("oracle") == "trace" and str(f.get("kind", "")).endswith("-violation")]
-    console = [f for f in findings if f.get("oracle") == "console"]
+def _rule_text(run: RunRecord, findings: list[Finding]) -> str:
+    rules = [f for f in findings if f.oracle == "trace" and f.kind.endswith("-violation")]
+    console = [f for f in findings if f.oracle == "console"]
     parts = []
     if rules:
-        what = str(rules[0].get("title", "")).split(" x ", 1)[-1]
-        parts.append(f"{rules[0].get('rule')} {what} ({rules[0].get('count')} x)"
-                     + "".join(f", {f.get('rule')} ({f.get('count')} x)" for f in rules[1:])
+        what = rules[0].title.split(" x ", 1)[-1]
+        parts.append(f"{_own(rules[0], 'rule')} {what} ({_own(rules[0], 'count')} x)"
+                     + "".join(f", {_own(f, 'rule')} ({_own(f, 'count')} x)" for f in rules[1:])
                      + " -- the rules: docs/trace-oracle.md")
-    elif (run.get("scenario") or {}).get("trace", {}).get("enabled") is False:
-        if any(f.get("oracle") == "ledger" for f in findings):
+    elif (run.scenario.get("trace") or {}).get("enabled") is False:
+        if any(f.oracle == "ledger" for f in findings):
             parts.append("trace off (trace.enabled=false): the ledger alone convicts; the trace would name the rule")
-    elif (run.get("trace") or {}).get("rules"):
+    elif run.trace.get("rules"):
         parts.append("no trace rule broken (the ledger or the console convicts)")
-    parts += [f"console {f.get('layer')} {f.get('kind')}: {f.get('title')}" for f in console[:1]]
+    parts += [f"console {f.layer} {f.kind}: {f.title}" for f in console[:1]]
     return "; ".join(parts) or "none named"
 
 
-def change_text(run: dict) -> str:
+def _tree(run: RunRecord) -> dict[str, Any] | None:
+    """The tree change under test (run.json's `change`, or an older run's kernel.change), if any."""
+    tree = run.change or run.kernel.get("change")
+    return tree if isinstance(tree, dict) else None
+
+
+def change_text(run: RunRecord) -> str:
     """The change under test: the tree's identity (commits, uncommitted diff) when recorded, else the patch
     series (every patch, in order), else the unpatched kernel."""
-    k = run.get("kernel") or {}
-    tree = run.get("change") or k.get("change")
-    if isinstance(tree, dict) and tree.get("kind", "tree") == "tree" and tree:
+    k = run.kernel
+    tree = _tree(run)
+    if tree and tree.get("kind", "tree") == "tree":
         return _tree_text(tree)
     patches = k.get("patches") or []
     base = k.get("base")
@@ -103,7 +117,7 @@ def change_text(run: dict) -> str:
     return f"{len(patches)} patches{on}: " + "; ".join(f"{i}. {p.get('subject')}" for i, p in enumerate(patches, 1))
 
 
-def _tree_text(t: dict) -> str:
+def _tree_text(t: dict[str, Any]) -> str:
     """harness.kernel.change.tree_change's identity in one line: where, which commit, how many commits since the
     base, and the uncommitted diff (reproduce.sh embeds it)."""
     head = t.get("head") or {}
@@ -119,8 +133,8 @@ def _tree_text(t: dict) -> str:
     return text
 
 
-def _next_lines(run: dict, run_dir: str, findings: list[dict]) -> list[str]:
-    verdict = run.get("verdict")
+def _next_lines(run: RunRecord, run_dir: str, findings: list[Finding]) -> list[str]:
+    verdict = run.verdict
     rd = shlex.quote(run_dir)
     if verdict == "pass":
         return []
@@ -130,35 +144,35 @@ def _next_lines(run: dict, run_dir: str, findings: list[dict]) -> list[str]:
     bis = bisect_command(run)
     if bis:
         out.append(f"         {bis}")
-    if any(f.get("kind") in LEDGER_KINDS for f in findings):
+    if any(f.kind in LEDGER_KINDS for f in findings):
         out.append(f"details  below; every lost page: {rd}/cases/*/ledger.jsonl (\"ev\": \"bad\" lines)")
-    elif any(f.get("kind") == "dirty-log-missing" for f in findings):
+    elif any(f.kind == "dirty-log-missing" for f in findings):
         out.append(f"details  below; every step of the VMM: {rd}/cases/*/micro-steps.jsonl")
     else:
         out.append(f"details  below; the consoles: {rd}/cases/*/l1-console.log, l2-console.log")
     return out
 
 
-def scenario_args(run: dict) -> list[str]:
+def scenario_args(run: RunRecord) -> list[str]:
     """The scenario and its overrides as a bisect (or run) command takes them."""
-    ref = run.get("scenario_ref")
+    ref = run.scenario_ref
     args = [ref] if ref and ref != "default" else []
-    for ov in run.get("overrides") or []:
+    for ov in run.overrides:
         args += ["--set", ov]
     return args
 
 
-def bisect_command(run: dict) -> str | None:
+def bisect_command(run: RunRecord) -> str | None:
     """`harness bisect ...` for this run's change: over the tree's commits (--git) or the patch series."""
-    k = run.get("kernel") or {}
-    tree = run.get("change") or k.get("change")
+    k = run.kernel
+    tree = _tree(run)
     scen = scenario_args(run)
-    if isinstance(tree, dict) and tree.get("git") is not False and (tree.get("head") or {}).get("sha"):
-        where = tree.get("path") or tree.get("repo")
-        bad = tree["head"]["sha"]
+    if tree and tree.get("git") is not False and (tree.get("head") or {}).get("sha"):
+        where = str(tree.get("path") or tree.get("repo"))
+        bad = str(tree["head"]["sha"])
         commits = tree.get("commits") or []
         if tree.get("base") and len(commits) > 1:
-            argv = ["harness", "bisect", "--git", where, "--good", tree["base"], "--bad", bad, *scen]
+            argv = ["harness", "bisect", "--git", where, "--good", str(tree["base"]), "--bad", bad, *scen]
             return shlex.join(argv) + "   # the first bad commit"
         if not tree.get("base"):
             return shlex.join(["harness", "bisect", "--git", where, "--good", "REF", "--bad", bad, *scen]) + \

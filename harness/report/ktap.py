@@ -73,8 +73,7 @@ def _finding_lines(findings: list[Finding]) -> list[str]:
 
 def _pass_line(run: RunRecord) -> str:
     lg, rules = run.ledger, run.trace.get("rules") or {}
-    s = (f"pass: ledger verified {lg.get('pages_verified')} page reads over {lg.get('rounds_done')} rounds, "
-         f"{(lg.get('stale') or 0) + (lg.get('zero') or 0) + (lg.get('corrupt') or 0)} bad")
+    s = f"pass: ledger verified {lg.pages_verified} page reads over {lg.rounds_done} rounds, {lg.bad} bad"
     if rules:
         ran = [r for r, v in rules.items() if v.get("ran")]
         s += (f"; trace rules {'/'.join(ran) or 'none'} ran, "

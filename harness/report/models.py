@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.evidence import Finding
+from harness.evidence import Finding, L1Facts, LedgerTotals
 from harness.resultfile import ResultFile
 
 RUN_SCHEMA = 1
@@ -39,9 +39,12 @@ class RunRecord(ResultFile):
     timings: RunTimings = Field(default_factory=RunTimings)
     kernel: dict[str, Any] = Field(default_factory=dict)
     scenario: dict[str, Any] = Field(default_factory=dict)
-    ledger: dict[str, Any] = Field(default_factory=dict)
+    scenario_ref: str | None = None  # the scenario as the user named it (a file, or "default")
+    overrides: list[str] = Field(default_factory=list)  # its --set overrides, in order
+    accel: dict[str, Any] = Field(default_factory=dict)  # harness.vm.accel's choice and why
+    ledger: LedgerTotals = Field(default_factory=LedgerTotals)  # the judge's (harness.evidence: one model)
     trace: dict[str, Any] = Field(default_factory=dict)
-    l1: dict[str, Any] = Field(default_factory=dict)
+    l1: L1Facts = Field(default_factory=L1Facts)  # the scenario stage's facts about L1 (harness.evidence)
     l2: dict[str, Any] = Field(default_factory=dict)
     infra_events: list[str] = Field(default_factory=list)
     attempts: int = 1

@@ -10,8 +10,11 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS
+from harness.evidence import Finding
+from harness.report.finding_head import head_lines
 from harness.report.junit import run_junit
 from harness.report.ktap import write_run_ktap
 from harness.report.models import RunRecord
@@ -45,69 +48,78 @@ OLD_BYTES_REPR = re.compile(r"notifier b'([^']*)'")
 TIMELINES_IN_FULL = 3  # lost pages whose trace history summary.txt shows; findings.json has every one recorded
 
 
-def summary_text(run: dict, run_dir: str | Path | None = None) -> str:
+def summary_text(run: RunRecord, run_dir: str | Path | None = None) -> str:
     """summary.txt: the head (harness.report.finding_head: verdict, what was lost, rule, change, next commands),
     then the details.  `run_dir`: the results folder (default results/<run id>)."""
-    from harness.report.finding_head import head_lines
     # the folder's name once complete (a matrix cell's run lives in the matrix's .incomplete folder until the end)
-    rd = re.sub(r"\.incomplete(?=/|$)", "", str(run_dir or run.get("path") or f"results/{run['run_id']}"))
+    rd = re.sub(r"\.incomplete(?=/|$)", "", str(run_dir or f"results/{run.run_id}"))
     L = head_lines(run, rd) + [""]
-    k = run.get("kernel", {})
-    L.append(f"run {run['run_id']}: {run['verdict'].upper()}")
+    k = run.kernel
+    L.append(f"run {run.run_id}: {run.verdict.upper()}")
     base = k.get("base") or ""
     if isinstance(base, dict):
         base = " ".join(str(base[f]) for f in ("id", "base_commit", "commit") if base.get(f))
     L.append(f"kernel   {k.get('release')} ({k.get('source')}) {base}")
     for p in k.get("patches", []):
         L.append(f"  patch  {p.get('sha256', '')[:12]} {p.get('subject')}")
-    a = run.get("accel", {})
+    a = run.accel
     L.append(f"accel    {a.get('mode')} — {a.get('reason')}")
-    l1 = run.get("l1", {})
-    L.append(f"L1       {l1.get('kvm_module')} nested={l1.get('nested')} tdp={l1.get('tdp')} "
-             f"tdp_mmu={l1.get('tdp_mmu')} vendor={l1.get('cpu_vendor')}")
-    vd = l1.get("vmstat_delta", {})
-    L.append("vmstat   " + " ".join(f"{k}={v}" for k, v in vd.items()))
-    lg = run.get("ledger", {})
-    L.append(f"ledger   pages={lg.get('pages')} rounds={lg.get('rounds_done')}/{lg.get('rounds')} "
-             f"verified={lg.get('pages_verified')} stale={lg.get('stale')} zero={lg.get('zero')} "
-             f"corrupt={lg.get('corrupt')}")
-    tr = run.get("trace", {})
-    if tr.get("rules"):
-        L.append(f"trace    events={tr.get('events')} lost={tr.get('lost_events')} ruleset={tr.get('ruleset')}")
-        for name, r in tr["rules"].items():
-            state = (f"VACUOUS: checked 0 events ({r.get('why', '')})" if r.get("ran") and not r.get("events_checked")
-                     else f"checked {r.get('events_checked')} events, {r.get('violations')} violations"
-                     if r.get("ran") else f"NOT RUN ({r.get('why', '')})")
-            L.append(f"  {name}     {state}")
-    t = run.get("timings", {})
+    l1 = run.l1
+    L.append(f"L1       {l1.kvm_module} nested={l1.nested} tdp={l1.tdp} tdp_mmu={l1.tdp_mmu} vendor={l1.cpu_vendor}")
+    L.append("vmstat   " + " ".join(f"{k}={v}" for k, v in l1.vmstat_delta.items()))
+    lg = run.ledger
+    L.append(f"ledger   pages={lg.pages} rounds={lg.rounds_done}/{lg.rounds} verified={lg.pages_verified} "
+             f"stale={lg.stale} zero={lg.zero} corrupt={lg.corrupt}")
+    L += _trace_lines(run.trace)
+    t = run.timings.model_dump(exclude_unset=True)
     L.append("timings  " + " ".join(f"{k}={v:.1f}" for k, v in t.items() if isinstance(v, (int, float))))
-    for ev in run.get("infra_events", []):
-        L.append(f"infra    {ev}")
-    L.append(f"findings {len(run.get('findings', []))}")
-    timelines = [f for f in run.get("findings", []) if f.get("kind") == "ledger-timeline"]
-    for f in run.get("findings", []):
-        if f.get("kind") == "ledger-timeline" and timelines.index(f) >= TIMELINES_IN_FULL:
-            continue
-        L.append(f"  [{f.get('oracle')}/{f.get('layer')}/{f.get('kind')}] {f.get('title')}")
-        for p in f.get("pages", [])[:5]:
-            L.append(f"      page index={p.get('index')} gfn={p.get('gfn'):#x} expected gen={p.get('expected')} "
-                     f"found gen={p.get('found')}" if isinstance(p.get("gfn"), int) else f"      {p}")
-        for line in f.get("timeline", []):  # runs recorded before the fix carry "notifier b'0x..'": shown as text
-            L.append("      " + OLD_BYTES_REPR.sub(r"notifier \1", line))
-        for line in (f.get("excerpt") or "").splitlines()[:8]:
-            L.append(f"      | {line}")
-    if len(timelines) > TIMELINES_IN_FULL:
-        L.append(f"  ... and {len(timelines) - TIMELINES_IN_FULL} more lost pages' trace timelines: "
-                 f"{rd}/cases/*/findings.json (kind ledger-timeline)")
+    L += [f"infra    {ev}" for ev in run.infra_events]
+    L.append(f"findings {len(run.findings)}")
+    L += _finding_lines(run.findings, rd)
     return "\n".join(L) + "\n"
 
 
-def junit_xml(run: dict) -> str:
+def _trace_lines(tr: dict[str, Any]) -> list[str]:
+    """The trace's totals and each rule: how many events it checked, or why it did not run (or ran vacuously)."""
+    if not tr.get("rules"):
+        return []
+    out = [f"trace    events={tr.get('events')} lost={tr.get('lost_events')} ruleset={tr.get('ruleset')}"]
+    for name, r in tr["rules"].items():
+        state = (f"VACUOUS: checked 0 events ({r.get('why', '')})" if r.get("ran") and not r.get("events_checked")
+                 else f"checked {r.get('events_checked')} events, {r.get('violations')} violations"
+                 if r.get("ran") else f"NOT RUN ({r.get('why', '')})")
+        out.append(f"  {name}     {state}")
+    return out
+
+
+def _finding_lines(findings: list[Finding], rd: str) -> list[str]:
+    """Every finding with its pages, trace timeline and excerpt; the first TIMELINES_IN_FULL lost pages'
+    timelines only (findings.json has them all)."""
+    out = []
+    timelines = [f for f in findings if f.kind == "ledger-timeline"]
+    for f in findings:
+        if f.kind == "ledger-timeline" and timelines.index(f) >= TIMELINES_IN_FULL:
+            continue
+        out.append(f"  [{f.oracle}/{f.layer}/{f.kind}] {f.title}")
+        for p in (getattr(f, "pages", None) or [])[:5]:
+            out.append(f"      page index={p.get('index')} gfn={p.get('gfn'):#x} expected gen={p.get('expected')} "
+                       f"found gen={p.get('found')}" if isinstance(p.get("gfn"), int) else f"      {p}")
+        for line in getattr(f, "timeline", None) or []:  # runs recorded before the fix: "notifier b'0x..'", as text
+            out.append("      " + OLD_BYTES_REPR.sub(r"notifier \1", line))
+        for line in (f.excerpt or "").splitlines()[:8]:
+            out.append(f"      | {line}")
+    if len(timelines) > TIMELINES_IN_FULL:
+        out.append(f"  ... and {len(timelines) - TIMELINES_IN_FULL} more lost pages' trace timelines: "
+                   f"{rd}/cases/*/findings.json (kind ledger-timeline)")
+    return out
+
+
+def junit_xml(run: RunRecord) -> str:
     """One test case per case folder/run: it passes when the verdict is pass."""
     return run_junit(run)
 
 
-def load_run(run_dir: str | Path) -> dict:
+def load_run(run_dir: str | Path) -> dict[str, Any]:
     """run.json read through its model (harness.report.models.RunRecord): a file that is not a run is an input
     error naming it; the content as the file has it."""
     return load_run_record(run_dir).to_json()
@@ -117,21 +129,21 @@ def load_run_record(run_dir: str | Path) -> RunRecord:
     return RunRecord.load(Path(run_dir) / "run.json")
 
 
-def write_run_json(path: Path, run: dict) -> None:
+def write_run_json(path: Path, run: dict[str, Any]) -> None:
     """run.json, written through its model (a run that does not fit it fails here, not in a later reader)."""
     RunRecord.parse(run, str(path)).write(path)
 
 
 def cli_report(run_dir: str) -> int:
     """Re-render summary.txt, junit.xml, results.ktap and plots/*.png from the folder's files alone."""
-    run = load_run(run_dir)
+    run = load_run_record(run_dir)
     atomic_write(Path(run_dir) / "summary.txt", summary_text(run, run_dir))
     atomic_write(Path(run_dir) / "junit.xml", junit_xml(run))
     ktap = write_run_ktap(run, Path(run_dir) / "results.ktap")
     pngs = run_plots(run_dir)
     sys.stdout.write(summary_text(run, run_dir))
     sys.stdout.write("".join(f"wrote    {p}\n" for p in [ktap, *pngs]))
-    return VERDICT_EXIT.get(run["verdict"], EXIT_INFRA)
+    return VERDICT_EXIT.get(run.verdict, EXIT_INFRA)
 
 
 def now_id(name: str, seed: int) -> str:

@@ -41,7 +41,7 @@ RECORDED = ("l1-console.log", "l1-dmesg.log", "l2-console.log", "l2-result.log",
 def new_evidence(s: Scenario, case: str, patch: str | None) -> CaseEvidence:
     return CaseEvidence(case=case, guest=s.guest, l2_fault=s.l2_fault, **guest_for(s).evidence_knobs(),
                         patch_under_test=patch,
-                        info={"accel": {}, "l1": {}, "l2": {}, "timings": {}, "kernel_meta": {}})
+                        info={"accel": {}, "l2": {}, "timings": {}, "kernel_meta": {}})
 
 
 def run_case(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvidence, log: RunProgress,
@@ -121,7 +121,7 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
 
 def _boot_l1(spec, cdir: Path, s: Scenario, accel, ev: CaseEvidence) -> qemu.QemuVM:
     def started(vm: qemu.QemuVM) -> None:
-        ev.info["l1"]["qemu_cmd"] = vm.cmd
+        ev.l1.qemu_cmd = vm.cmd
 
     vm, boot_s = boot_l1(spec, cdir, accel, s.timeouts.l1_boot_s * accel.timeout_scale, on_start=started,
                          on_retry=lambda msg: ev.info.setdefault("infra_events", []).append(msg))
@@ -135,20 +135,17 @@ def _setup_l1(s: Scenario, ev: CaseEvidence, sh: L1Shell, scale: float, log) -> 
     facts = l1host.parse_kv(sh.run(f"{l1host.env_prefix(l1host.setup_env(s))} /harness/setup-host.sh",
                                    timeout=120 * scale))
     ev.info["timings"]["l1_setup_s"] = round(time.monotonic() - t, 2)
-    l1 = ev.info["l1"]
-    l1["cmdline"] = sh.run("cat /proc/cmdline").strip()
-    l1.update({"cpu_vendor": facts.get("cpu_vendor"), "kvm_module": facts.get("kvm_module"),
-               "nested": facts.get("nested") in ("1", "Y"), "tdp": facts.get("tdp") in ("1", "Y"),
-               "tdp_mmu": facts.get("tdp_mmu") in ("1", "Y"), "clocksource": facts.get("clocksource"),
-               "thp": facts.get("thp"), "mglru": facts.get("mglru"), "zswap": facts.get("zswap"),
-               "swap": facts.get("swap"), "kvm_params": facts.get("kvm_params"),
-               "taint_before": int(facts.get("taint", "0") or 0), "delays": facts.get("delays")})
-    ev.info["accel"]["l1_cpu_vendor"] = facts.get("cpu_vendor")
-    ev.l1.kvm_module, ev.l1.nested, ev.l1.taint_before = l1["kvm_module"], l1["nested"], l1["taint_before"]
-    log(f"L1: {l1['kvm_module']} nested={l1['nested']} tdp={l1['tdp']} tdp_mmu={l1['tdp_mmu']} "
-        f"swap={l1['swap']} thp={l1['thp']}")
-    if not l1["nested"]:
-        raise InfraError(f"{l1['kvm_module']} loaded without nested support")
+    l1 = ev.l1
+    l1.cmdline = sh.run("cat /proc/cmdline").strip()
+    yes = ("1", "Y")
+    for name in ("cpu_vendor", "kvm_module", "clocksource", "thp", "mglru", "zswap", "swap", "kvm_params", "delays"):
+        setattr(l1, name, facts.get(name))
+    l1.nested, l1.tdp, l1.tdp_mmu = (facts.get(k) in yes for k in ("nested", "tdp", "tdp_mmu"))
+    l1.taint_before = int(facts.get("taint", "0") or 0)
+    ev.info["accel"]["l1_cpu_vendor"] = l1.cpu_vendor
+    log(f"L1: {l1.kvm_module} nested={l1.nested} tdp={l1.tdp} tdp_mmu={l1.tdp_mmu} swap={l1.swap} thp={l1.thp}")
+    if not l1.nested:
+        raise InfraError(f"{l1.kvm_module} loaded without nested support")
 
 
 def _drive_l1(s: Scenario, guest: Guest, ev: CaseEvidence, cdir: Path, sh: L1Shell, vm, scale: float,
@@ -161,7 +158,7 @@ def _drive_l1(s: Scenario, guest: Guest, ev: CaseEvidence, cdir: Path, sh: L1She
         # A Linux L2's capture is armed when its init starts, not before its boot: per-fault kprobes (create-time
         # rules) doubled L2's boot under TCG (22.6 s -> 49.9 s, measured), and the ledger's pages are not touched
         # before its start.  The micro-guest's is armed before it starts: it finds within a second.
-        tracer = TraceCapture(sh, s, cdir, {"kernel": ev.info["kernel_meta"], "l1": ev.info["l1"]},
+        tracer = TraceCapture(sh, s, cdir, {"kernel": ev.info["kernel_meta"], "l1": ev.l1.to_json()},
                               gfn_range=guest.trace_gfn_range(),
                               armed_at="before-start" if guest.arm_trace_before_start else "l2-init")
         if guest.arm_trace_before_start:
@@ -183,7 +180,7 @@ def _drive_l1(s: Scenario, guest: Guest, ev: CaseEvidence, cdir: Path, sh: L1She
     log.phase("collect")
     if s.delays:  # how often each delay's probe was hit and delayed (absent when L1 no longer answers)
         out, _ = sh.try_run("cat /sys/module/kvmdelay/parameters/seen /sys/module/kvmdelay/parameters/fired")
-        ev.info["l1"]["delay_counts"] = l1host.delay_counts(out or "", len(s.delays))
+        ev.l1.delay_counts = l1host.delay_counts(out or "", len(s.delays))
     res = _collect_end(ev, guest, cdir, sh, before)
     if tracer:
         ev.trace_findings = [Finding(**f) for f in tracer.judge(res)]
@@ -226,8 +223,7 @@ def _collect_end(ev: CaseEvidence, guest: Guest, cdir: Path, sh: L1Shell, before
     if got.get("taint", "").strip().isdigit():
         ev.l1.taint_after = int(got["taint"].strip())
     ev.l1.memory_events = l1host.parse_kv(got.get("memory.events", ""), " ")
-    ev.info["l1"].update(vmstat_delta=ev.l1.vmstat_delta, taint_after=ev.l1.taint_after,
-                         memory_events=ev.l1.memory_events, swaps=got.get("swaps"), swap_peak_frac=ev.l1.swap_peak_frac)
+    ev.l1.swaps = got.get("swaps")
     if "dmesg" in got:
         atomic_write(cdir / "l1-dmesg.log", got["dmesg"])
     f = guest.files

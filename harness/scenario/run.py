@@ -22,8 +22,8 @@ from harness.oracles import judge as judge_mod
 from harness.paths import REPO, results_root
 from harness.util import change_identity
 from harness.report.reproduce import reproduce_script
-from harness.report.results import (VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, summary_text, write_json,
-                                    write_run_json)
+from harness.report.models import RunRecord
+from harness.report.results import VERDICT_EXIT, RunDir, atomic_write, junit_xml, now_id, summary_text, write_json
 from harness.report.ktap import write_run_ktap as write_ktap
 from harness.report.plots import run_plots
 from harness.report.progress import RunProgress
@@ -204,11 +204,10 @@ def record(run_id: str, s: Scenario, scenario_yaml: str, overrides, kernel: dict
     if verdict.first_finding_s is not None:
         timings["first_finding_s"] = verdict.first_finding_s
     timings["total_s"] = round(time.monotonic() - t0, 2)
-    l1 = dict(info.get("l1", {}))
     return {"schema": 1, "run_id": run_id, "verdict": verdict.verdict, "judge_version": verdict.judge_version,
             "scenario": s.model_dump(), "scenario_yaml": scenario_yaml, "overrides": overrides or [],
-            "kernel": kernel, "accel": info.get("accel", {}), "images": info.get("images", {}), "l1": l1,
-            "l2": info.get("l2", {}) | {"result_channel": ev.l2.result_channel}, "ledger": verdict.ledger,
+            "kernel": kernel, "accel": info.get("accel", {}), "images": info.get("images", {}), "l1": ev.l1.to_json(),
+            "l2": info.get("l2", {}) | {"result_channel": ev.l2.result_channel}, "ledger": verdict.ledger.to_json(),
             "findings": [f.to_json() for f in verdict.findings], "trace": ev.trace, "timings": timings,
             "infra_events": info.get("infra_events", []) + infra_events, "attempts": 1 + len(infra_events),
             "interrupted": interrupted,
@@ -223,10 +222,11 @@ def write_run(rd: RunDir, cdir: Path, run: dict, meta: dict, interrupted: bool) 
         # the one-file reproducer: the kernel's recipe (patches, configs embedded), the scenario, the seed
         atomic_write(rd.path / "reproduce.sh", reproduce_script(run, meta))
         os.chmod(rd.path / "reproduce.sh", 0o755)
-        atomic_write(rd.path / "summary.txt", summary_text(run, rd.final))
-        atomic_write(rd.path / "junit.xml", junit_xml(run))
-        write_ktap(run, rd.path / "results.ktap")
-        write_run_json(rd.path / "run.json", run)
+        record = RunRecord.parse(run, str(rd.path / "run.json"))  # a run that does not fit its model fails here
+        atomic_write(rd.path / "summary.txt", summary_text(record, rd.final))
+        atomic_write(rd.path / "junit.xml", junit_xml(record))
+        write_ktap(record, rd.path / "results.ktap")
+        record.write(rd.path / "run.json")
         draw_plots(rd.path)
     except OSError as e:
         if e.errno != errno.ENOSPC:
@@ -236,7 +236,7 @@ def write_run(rd: RunDir, cdir: Path, run: dict, meta: dict, interrupted: bool) 
     if not interrupted:
         rd.finish()
     run["path"] = str(rd.path)
-    sys.stdout.write(summary_text(run, rd.path))
+    sys.stdout.write(summary_text(record, rd.path))
     print(f"verdict: {run['verdict']}  results: {rd.path}")
     return run
 

@@ -201,8 +201,8 @@ def test_every_command_the_readme_shows_parses():
 
 
 def test_the_readme_finding_example_is_what_summary_txt_renders_for_that_run():
-    from harness.report.results import summary_text
-    run = json.loads((REPO / "tests/fixtures/runs/mutant-a/run.json").read_text())
+    from harness.report.results import load_run_record, summary_text
+    run = load_run_record(REPO / "tests/fixtures/runs/mutant-a")
     head = summary_text(run, "results/20261201-154455-default-s1").split("\n\n")[0]
     assert "```text\n" + head + "\n```" in readme()
 

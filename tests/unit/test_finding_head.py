@@ -8,6 +8,7 @@ import pytest
 
 from harness.oracles import trace as T
 from harness.report.finding_head import MAX_LINES, bisect_command, change_text, head_lines
+from harness.report.models import RunRecord
 from harness.report.results import TIMELINES_IN_FULL, summary_text
 from tests.unit.test_trace import ALL4, run as run_checker, shadow_trace
 
@@ -18,13 +19,18 @@ def load(name: str) -> dict:
     return json.loads((RUNS / name / "run.json").read_text())
 
 
+def R(run: dict) -> RunRecord:
+    """run.json's content (possibly edited by the test) through its model, as the report renders it."""
+    return RunRecord.parse(run)
+
+
 def head(text: str) -> list[str]:
     return text.split("\n\n", 1)[0].splitlines()
 
 
 def test_a_finding_opens_with_verdict_loss_rule_change_and_next_commands():
     run = load("mutant-a")
-    text = summary_text(run, "results/R")
+    text = summary_text(R(run), "results/R")
     top = head(text)
     assert len(top) <= MAX_LINES
     assert top[0].startswith("verdict  FINDING (exit 1): 116 lost write")
@@ -42,7 +48,7 @@ def test_a_finding_opens_with_verdict_loss_rule_change_and_next_commands():
 
 def test_only_three_timelines_in_full_the_rest_counted_with_the_file_that_has_them():
     run = load("mutant-a")
-    text = summary_text(run, "results/R")
+    text = summary_text(R(run), "results/R")
     shown = [ln for ln in text.splitlines() if "/ledger-timeline]" in ln]
     timelines = [f for f in run["findings"] if f["kind"] == "ledger-timeline"]
     assert len(shown) == TIMELINES_IN_FULL < len(timelines)
@@ -61,10 +67,10 @@ def test_every_patch_is_named_and_bisect_is_filled_in_for_a_series():
     run["kernel"]["kernel_yaml"] = "kernels/port.yaml"
     run["scenario_ref"] = "default"
     run["overrides"] = ["tdp_mmu=false", "seed=2"]
-    assert change_text(run).endswith(": 1. KVM: step 1; 2. KVM: step 2; 3. KVM: step 3")
-    assert bisect_command(run) == ("harness bisect kernels/port.yaml --set tdp_mmu=false --set seed=2"
+    assert change_text(R(run)).endswith(": 1. KVM: step 1; 2. KVM: step 2; 3. KVM: step 3")
+    assert bisect_command(R(run)) == ("harness bisect kernels/port.yaml --set tdp_mmu=false --set seed=2"
                                    "   # the first bad patch of the series")
-    assert any("harness bisect kernels/port.yaml" in ln for ln in head(summary_text(run, "results/R")))
+    assert any("harness bisect kernels/port.yaml" in ln for ln in head(summary_text(R(run), "results/R")))
 
 
 def tree_change(**kw) -> dict:
@@ -79,15 +85,15 @@ def test_a_tree_change_names_the_commits_and_the_diff_and_bisects_the_range():
     run = load("mutant-a")
     run["change"] = tree_change()
     run["scenario_ref"] = "scenarios-of-mine/x.yaml"
-    text = change_text(run)
+    text = change_text(R(run))
     assert "tree /home/dev/linux at v7.2-3-gabc1234-dirty (abc123400000 KVM: x86/mmu: my change)" in text
     assert "3 commit(s) since v7.2" in text and "uncommitted diff sha256 dddddddddddd" in text
-    assert bisect_command(run).startswith("harness bisect --git /home/dev/linux --good v7.2 --bad abc1234"
+    assert bisect_command(R(run)).startswith("harness bisect --git /home/dev/linux --good v7.2 --bad abc1234"
                                           + "0" * 33 + " scenarios-of-mine/x.yaml")
     run["change"] = tree_change(base=None, commits=[])  # no base given: the good end is for the user to name
-    assert "--good REF --bad abc1234" in bisect_command(run)
+    assert "--good REF --bad abc1234" in bisect_command(R(run))
     run["change"] = tree_change(commits=[{"sha": "a" * 40}])  # one commit: nothing to bisect
-    assert bisect_command(run) is None
+    assert bisect_command(R(run)) is None
 
 
 @pytest.mark.parametrize("name,first", [
@@ -96,7 +102,7 @@ def test_a_tree_change_names_the_commits_and_the_diff_and_bisects_the_range():
     ("l2-panic", "verdict  FINDING (exit 1): kernel panic: sysrq triggered crash"),
 ])
 def test_every_verdict_has_a_short_head(name, first):
-    top = head(summary_text(load(name), "results/R"))
+    top = head(summary_text(R(load(name)), "results/R"))
     assert top[0].startswith(first) and len(top) <= MAX_LINES
     assert any(ln.startswith("change   none: kernel 6.12.117") for ln in top)
     if name == "l2-panic":
@@ -107,7 +113,7 @@ def test_every_verdict_has_a_short_head(name, first):
 def test_head_is_at_most_ten_lines_whatever_the_findings():
     run = load("mutant-a")
     run["findings"] = run["findings"] + [copy.deepcopy(f) for f in run["findings"]] * 3
-    assert len(head_lines(run, "R")) <= MAX_LINES
+    assert len(head_lines(R(run), "R")) <= MAX_LINES
 
 
 def test_timeline_notifier_ranges_read_as_text_not_a_bytes_repr():
@@ -120,7 +126,7 @@ def test_timeline_notifier_ranges_read_as_text_not_a_bytes_repr():
 
 
 def test_next_commands_name_the_folder_as_it_will_be_once_complete():
-    top = head(summary_text(load("mutant-a"), "/r/matrix-1-nightly.incomplete/runs/ab12/20261201-154455-a-s1"))
+    top = head(summary_text(R(load("mutant-a")), "/r/matrix-1-nightly.incomplete/runs/ab12/20261201-154455-a-s1"))
     assert any(ln.startswith("next     harness reproduce /r/matrix-1-nightly/runs/ab12/20261201-154455-a-s1 ")
                for ln in top)
 
@@ -130,7 +136,7 @@ def test_a_micro_guest_dirty_log_finding_says_what_was_lost():
     run["findings"] = [{"oracle": "ledger", "layer": "L2", "kind": "dirty-log-missing", "count": 3,
                         "title": "3 written pages missing from KVM's dirty log (a migration would lose them)",
                         "harvests": [{"chor": "write-pageout-read-write", "round": 2, "first_missing_gfn": 0x1234}]}]
-    top = head(summary_text(run, "results/R"))
+    top = head(summary_text(R(run), "results/R"))
     assert ("lost     3 written page(s) missing from KVM's dirty log; first: gfn 0x1234 (write-pageout-read-write, "
             "round 2)") in top
     assert "details  below; every step of the VMM: results/R/cases/*/micro-steps.jsonl" in top

@@ -188,7 +188,7 @@ def test_micro_finding_names_page_gfn_pfn_and_step():
     page = f.pages[0]
     assert page["gfn"] == DATA_GFN_BASE and page["pfn"] == 4660 and page["chor"] == WPRW
     assert page["step"] == "verify-after-pageout" and f.count == 3
-    assert j.ledger["micro"]["counters"]["pages_in"] == 512
+    assert j.ledger.micro and j.ledger.micro.counters and j.ledger.micro.counters["pages_in"] == 512
 
 
 def test_linux_run_ignores_micro_files():
@@ -250,7 +250,7 @@ def test_judge_on_recorded_micro_output(name, rc_, selftest, verdict, stale):
     text = (RECORDED / name).read_text()
     j = judge(micro_ev(l1=SWAPPED, l2=rc(rc_), selftest_pages=selftest), CaseLogs(micro_out=text))
     assert j.verdict == verdict, [f.title for f in j.findings]
-    assert j.ledger["stale"] == stale and j.ledger["complete"]
+    assert j.ledger.stale == stale and j.ledger.complete
     log = micro_oracle.parse_output(text)
     assert log.malformed == 0 and log.counters["pages_out"] > 0 and log.counters["pages_in"] > 0
     # the four choreographies, then the VMM's final pass over every page ("final")

@@ -113,7 +113,7 @@ def test_judge_table(name):
 def test_the_lossless_channel_wins_over_a_console_that_lost_its_tail():
     logs = CaseLogs(l2_console=ledger_lines(12, done=False, exit_line=False), l2_result=ledger_lines(12))
     j = judge(evidence(), logs)
-    assert j.verdict == "pass" and j.ledger["complete"] and j.ledger["pages_verified"] == 8192 * 13
+    assert j.verdict == "pass" and j.ledger.complete and j.ledger.pages_verified == 8192 * 13
 
 
 def test_first_finding_time_is_the_first_bad_page_else_the_death():

@@ -3,6 +3,7 @@ import pytest
 from junitparser import Error, Failure, JUnitXml, Skipped
 
 from harness.fleet.matrix import Cell, junit
+from harness.report.models import RunRecord
 from harness.report.results import atomic_write, junit_xml
 
 
@@ -12,14 +13,14 @@ def _read(path):
 
 
 def _run(verdict, findings):
-    return {"run_id": "r1", "verdict": verdict, "findings": findings, "scenario": {"name": "default"},
-            "timings": {"total_s": 12.34}}
+    return RunRecord.parse({"run_id": "r1", "verdict": verdict, "findings": findings, "scenario": {"name": "default"},
+                            "timings": {"total_s": 12.34}})
 
 
 @pytest.mark.parametrize("verdict, findings, counts, result", [
     ("pass", [], (1, 0, 0), None),
-    ("finding", [{"oracle": "ledger", "kind": "stale", "title": "3 lost writes"}], (1, 1, 0), Failure),
-    ("infra-error", [{"oracle": "infra", "kind": "boot", "title": "L1 did not boot"}], (1, 0, 1), Error),
+    ("finding", [{"oracle": "ledger", "layer": "L2", "kind": "stale", "title": "3 lost writes"}], (1, 1, 0), Failure),
+    ("infra-error", [{"oracle": "infra", "layer": "L0", "kind": "boot", "title": "L1 did not boot"}], (1, 0, 1), Error),
 ])
 def test_run_junit_counts(tmp_path, verdict, findings, counts, result):
     atomic_write(tmp_path / "junit.xml", junit_xml(_run(verdict, findings)))

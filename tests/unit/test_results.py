@@ -1,6 +1,7 @@
 import json
 import xml.etree.ElementTree as ET
 
+from harness.report.models import RunRecord
 from harness.report.results import RunDir, atomic_write, junit_xml, summary_text
 from harness.scenario.l1host import l2_append, parse_vmstat, setup_env, vmstat_delta
 from harness.config import parse_scenario
@@ -16,12 +17,14 @@ def test_rundir_is_incomplete_until_finished(tmp_path):
 
 
 def run_dict(verdict, findings):
-    return {"run_id": "r", "verdict": verdict, "findings": findings, "kernel": {"release": "6.12"},
-            "timings": {"total_s": 12.0}, "ledger": {"pages": 4}, "l1": {"vmstat_delta": {"pswpout": 5}}}
+    """run.json's content, read through its model (summary.txt and junit.xml are rendered from the model)."""
+    return RunRecord.parse({"run_id": "r", "verdict": verdict, "findings": findings, "kernel": {"release": "6.12"},
+                            "timings": {"total_s": 12.0}, "ledger": {"pages": 4},
+                            "l1": {"vmstat_delta": {"pswpout": 5}}})
 
 
 def test_junit_one_case_fails_on_finding():
-    x = ET.fromstring(junit_xml(run_dict("finding", [{"oracle": "ledger", "kind": "stale", "title": "3 lost"}])))
+    x = ET.fromstring(junit_xml(run_dict("finding", [{"oracle": "ledger", "layer": "L2", "kind": "stale", "title": "3 lost"}])))
     assert x.get("failures") == "1" and x.find("testcase/failure").text.endswith("3 lost")
     x = ET.fromstring(junit_xml(run_dict("pass", [])))
     assert x.get("failures") == "0" and x.find("testcase/failure") is None
