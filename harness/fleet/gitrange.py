@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.errors import (
     EXIT_FINDING,
@@ -146,8 +147,9 @@ class Range:
             kconfig_digest,
             tree_files,
         )
-        if isinstance(self.built.get(sha), Path):
-            return self.built[sha]
+        built = self.built.get(sha)
+        if isinstance(built, Path):
+            return built
         self.ensure_clone()
         _git(self.clone, "-c", "advice.detachedHead=false", "checkout", "-q", "-f", "--detach", sha)
         change = self.change_of(sha)
@@ -302,7 +304,8 @@ def git_bisect(repo: str, good: str, bad: str | None, scen_path: Path, overrides
     ctx = {"repo": rng.repo.name, "path": str(rng.repo), "good": good_sha, "bad": bad_sha,
            "scenario": str(scen_path), "overrides": overrides, "repeats": repeats, "commits": commits}
     rd = RunDir(Path(root), f"bisect-git-{time.strftime('%Y%m%d-%H%M%S')}-{rng.repo.name}")
-    t0, runs = time.monotonic(), []
+    t0 = time.monotonic()
+    runs: list[dict[str, Any]] = []
     _log(f"{len(commits)} commit(s) {good_sha[:12]}..{bad_sha[:12]}, repeats {repeats}; results in {rd.path}")
 
     def save(_runs, outcome):
@@ -358,7 +361,9 @@ def git_check(repo: str, range_text: str, scen_path: Path, overrides: list[str],
     if not commits:
         raise InputError(f"range {range_text}: no commits")
     rd = RunDir(Path(root), f"check-git-{time.strftime('%Y%m%d-%H%M%S')}-{rng.repo.name}")
-    t0, verdicts, runs = time.monotonic(), {}, []
+    t0 = time.monotonic()
+    verdicts: dict[int, list[str]] = {}
+    runs: list[dict[str, Any]] = []
 
     def doc() -> dict:
         rows = check_rows(commits, verdicts, repeats)

@@ -80,13 +80,16 @@ def build_l1_image(kernel_dir: Path, release: str, l2: L2Image | None, l2_kernel
         raise ValueError("an L1 image carries either the Linux L2 or the micro-guest")
     scripts = sorted(p for p in (GUEST / "l1").iterdir() if p.is_file())
     kernel_id = (kernel_dir / "meta.json").read_text() if (kernel_dir / "meta.json").exists() else ""
+    inputs: list[str | Path]
     if l2 is not None and l2_kernel is not None:
         inputs = ["l1-v1", release, kernel_id, sha256_file(kernel_dir / "bzImage"), l2.key,
                   sha256_file(l2_kernel), QEMU, Path("/usr/sbin/dropbear"), Path("/bin/busybox"), *scripts,
                   ",".join(L1_MODULES)]
-    else:
+    elif microvm is not None:
         inputs = ["l1-micro-v1", release, kernel_id, sha256_file(kernel_dir / "bzImage"), microvm,
                   Path("/usr/sbin/dropbear"), Path("/bin/busybox"), *scripts, ",".join(L1_MODULES)]
+    else:
+        raise ValueError("an L1 image with the Linux L2 needs L2's kernel (l2_kernel)")
     key = inputs_hash(inputs)
     out_dir = cache_dir() / "images" / f"l1-{key}"
     if (out_dir / "manifest.json").exists():

@@ -128,6 +128,7 @@ def run_logged(cmd: list[str], cwd: Path, log_file, title: str, env: dict | None
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", bufsize=1, start_new_session=True, env=env)
+    assert proc.stdout is not None  # stdout=PIPE
     last = ""
     tail: list[str] = []
     old_handlers = {}
@@ -440,8 +441,8 @@ def _bench_incremental(p, tree) -> tuple[float, dict, Path, list[str]]:
     the artifact's meta, its folder and the files make compiled."""
     import yaml
     marker = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
-    with tempfile.TemporaryDirectory(prefix="bench-", dir=cache_dir()) as d:
-        d = Path(d)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=cache_dir()) as tmp:
+        d = Path(tmp)
         pdir = d / "patches"
         pdir.mkdir()
         names = []

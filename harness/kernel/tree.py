@@ -27,6 +27,7 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from harness.errors import InputError
 from harness.kernel import change as change_mod
@@ -223,9 +224,10 @@ def external_kernel(bzimage: Path, modules: Path | None, change: dict | None = N
             shutil.copyfile(cfgs[0], tmp / "config")
         compressed = normalize_modules(tmp / "modules", release)
         shutil.copyfile(bzimage, tmp / "bzImage")
-        meta = {"source": "external", "release": release, "bzimage": str(bzimage), "modules": str(modules),
-                "config_sha256": sha256_file(tmp / "config") if cfgs else None, "config_checked": bool(cfgs),
-                "modules_decompressed": compressed, "change": change, "patches": []}
+        meta: dict[str, Any] = {
+            "source": "external", "release": release, "bzimage": str(bzimage), "modules": str(modules),
+            "config_sha256": sha256_file(tmp / "config") if cfgs else None, "config_checked": bool(cfgs),
+            "modules_decompressed": compressed, "change": change, "patches": []}
         return _finish(tmp, key, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

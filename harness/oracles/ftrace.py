@@ -14,7 +14,7 @@ writeback or clean drop of a pfn it does not follow), and reading them all would
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import Callable, NamedTuple, Union
 
 VMEMMAP_DEFAULT = 0xFFFFEA0000000000  # x86-64 vmemmap base without KASLR of the memory layout
 STRUCT_PAGE = 64  # sizeof(struct page) on x86-64
@@ -100,7 +100,7 @@ class Event(NamedTuple):
 
 
 class Lost(NamedTuple):
-    count: int
+    count: int  # type: ignore[assignment]  # the events ftrace lost; shadows tuple.count, never called on a Lost
     text: str
     cuts: int = 0
 
@@ -179,7 +179,7 @@ def _range(body: bytes) -> Range:
     return _new(Range, (body.split(b": ", 1)[-1],))
 
 
-ARGS = {  # event name -> the parser of its body
+ARGS: dict[str, Callable[[bytes], Args]] = {  # event name -> the parser of its body
     SPTE_CHANGED: _spte_changed,
     SPTE_REQUESTED: _gfn_pfn,
     SET_SPTE: _install,
@@ -286,10 +286,10 @@ def decode(line: bytes | str) -> Record | None:
         return None
     name, ts, body = t
     try:
-        ts = ts.decode()  # a third of the cost of decode(errors="replace")
+        stamp = ts.decode()  # a third of the cost of decode(errors="replace")
     except UnicodeDecodeError:
-        ts = ts.decode(errors="replace")
-    return _new(Event, (ts, h[0], h[1], _NAMES.get(name) or name.decode(errors="replace"), body, h[2]))
+        stamp = ts.decode(errors="replace")
+    return _new(Event, (stamp, h[0], h[1], _NAMES.get(name) or name.decode(errors="replace"), body, h[2]))
 
 
 def parse_line(line: str | bytes) -> Event | None:

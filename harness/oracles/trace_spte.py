@@ -172,10 +172,10 @@ _COMMENT_RE = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _SUFFIX_RE = re.compile(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]+\b")
 _CAST_RE = re.compile(r"\(\s*(?:u64|u32|unsigned(?: long)*|long(?: long)?)\s*\)")
 _BUILTINS = {"PAGE_SHIFT": 12, "PAGE_SIZE": 4096}
-_OPS = {ast.LShift: lambda a, b: a << b, ast.RShift: lambda a, b: a >> b, ast.BitOr: lambda a, b: a | b,
+_OPS: dict[type[ast.operator], Callable[[int, int], int]] = {ast.LShift: lambda a, b: a << b, ast.RShift: lambda a, b: a >> b, ast.BitOr: lambda a, b: a | b,
         ast.BitAnd: lambda a, b: a & b, ast.BitXor: lambda a, b: a ^ b, ast.Add: lambda a, b: a + b,
         ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
-_CALLS = {"BIT_ULL": lambda n: 1 << n, "BIT": lambda n: 1 << n,
+_CALLS: dict[str, Callable[..., int]] = {"BIT_ULL": lambda n: 1 << n, "BIT": lambda n: 1 << n,
           "GENMASK_ULL": lambda h, l: ((1 << (h - l + 1)) - 1) << l}
 
 
@@ -216,10 +216,10 @@ def _eval(node: ast.AST, defines: dict[str, list[str]], depth: int) -> int:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CALLS:
         return _CALLS[node.func.id](*(_eval(a, defines, depth) for a in node.args))
     if isinstance(node, ast.Name):
-        v = evaluate(node.id, defines, depth + 1)
-        if v is None:
+        known = evaluate(node.id, defines, depth + 1)
+        if known is None:
             raise ValueError(node.id)
-        return v
+        return known
     raise ValueError(ast.dump(node))
 
 

@@ -167,6 +167,7 @@ def execute(s: Scenario, meta: dict, root: Path, scenario_yaml: str = "", kernel
             infra_events.append(f"attempt 1: {verdict.retry}; its files are in cases/{case}/attempt1/; retried")
             _set_aside(cdir, "attempt1")
     progress.close()
+    assert verdict is not None  # the loop judged at least once
     if attempt1_s is not None:
         ev.info["timings"]["attempt1_s"] = attempt1_s
     run = record(rd.run_id, s, scenario_yaml, overrides, kernel, ev, verdict, infra_events, interrupted, t0)
