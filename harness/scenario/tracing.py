@@ -18,6 +18,7 @@ from pathlib import Path
 from harness.guest.contract import linux_l2_gfn_range
 from harness.oracles import trace as oracle
 from harness.oracles.trace_spte import layout_for_kernel
+from harness.vm.ssh import L1Shell, Stream
 
 # gzip in L1: ~8x fewer bytes through dropbear's encryption, which under TCG costs L1 the CPU that L2 needs.
 # trace-reader (guest-images/l1/trace-reader.c) drains trace_pipe every READ_INTERVAL_MS instead of following the
@@ -72,7 +73,7 @@ class TraceCapture:
         self.facts: dict[str, list[str]] = {}
         self.checker: oracle.Checker | None = None
         self.thread: threading.Thread | None = None
-        self.chan = None
+        self.chan: Stream | None = None
         self.bytes = 0
         self.lines = 0
         self.truncated = False
@@ -80,9 +81,10 @@ class TraceCapture:
         self.stopping = threading.Event()
         self.last_data = time.monotonic()
         self.stop_stats: dict[str, int] = {}
-        self.t_start = self.t_stop = None
+        self.t_start: float | None = None
+        self.t_stop: float | None = None
         self.armed = False
-        self.stream_sh = None
+        self.stream_sh: L1Shell | None = None
 
     # -- L1 side -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,7 +110,7 @@ class TraceCapture:
                 k, v = line.split("=", 1)
                 self.facts.setdefault(k.strip(), []).append(v.strip())
         symbols = set(self.facts.get("symbol", []))
-        release = self.run.get("kernel", {}).get("release") or (self.facts.get("release") or [None])[0]
+        release = self.run.get("kernel", {}).get("release") or next(iter(self.facts.get("release", [])), None)
         ruleset, why = choose_ruleset(s.trace.rules, release, symbols, series)
         vendor = "intel" if "intel" in str(self.run.get("l1", {}).get("kvm_module", "")) else "amd"
         # the SPTE bits move between versions (7.2 moved EPT's): the built kernel's own spte.h, else the table
@@ -135,23 +137,24 @@ class TraceCapture:
         self.armed = True
         # The stream gets its own SSH connection (its own dropbear process in L1): behind a busy trace channel,
         # the control connection's channel opens timed out (measured).
-        self.stream_sh = self.sh
+        stream_sh = self.sh
         try:
-            from harness.vm.ssh import L1Shell
             extra = L1Shell(self.sh.port, self.sh.key, self.sh.host_key_pub)
             extra.connect(30)
-            self.stream_sh = extra
+            stream_sh = extra
         except Exception as e:
             tr["stream_connection"] = f"shared with control ({e})"
-        self.chan = self.stream_sh.stream(PIPE_CMD)
+        self.stream_sh = stream_sh
+        self.chan = stream_sh.stream(PIPE_CMD)
         self.t_start = time.monotonic()
         self.thread = threading.Thread(target=self._reader, name="trace-reader", daemon=True)
         self.thread.start()
 
     def _reader(self) -> None:
-        stream = self.chan
+        stream, chk = self.chan, self.checker
+        if stream is None or chk is None:  # start() opens the stream only once the checker is armed
+            return
         buf = b""
-        chk = self.checker
         unz = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             with open(self.path, "wb") as out:  # L1's gzip stream, stored as it comes
@@ -210,10 +213,11 @@ class TraceCapture:
         except Exception:
             pass
         try:
-            self.chan.close()
+            if self.chan is not None:
+                self.chan.close()
         except Exception:
             pass
-        if self.stream_sh is not self.sh:
+        if self.stream_sh is not None and self.stream_sh is not self.sh:
             self.stream_sh.close()
 
     # -- verdict -----------------------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def required_packages(script: Path = INSTALL_DEPS) -> list[str]:
 
 def vendor_of(cpuinfo_text: str) -> tuple[str, str, set[str]]:
     """(vendor_id, intel|amd|unknown, the virtualization flags vmx/svm the CPU shows) of /proc/cpuinfo."""
-    vid, flags = "unknown", set()
+    vid = "unknown"
+    flags: set[str] = set()
     for line in cpuinfo_text.splitlines():
         key, _, val = line.partition(":")
         key = key.strip()
@@ -234,23 +235,25 @@ def host_caps(facts: HostFacts | None = None, probe_kernel: Callable[[], Path | 
     then KVM is assumed from the static checks, and `probed` says so."""
     from harness.vm import accel as A
     f = facts if facts is not None else read_host()
-    base = dict(vendor=f.vendor, nested=f.nested_on, ept_ad=_yn(f.eptad) if f.vendor_module == "kvm_intel" else None)
+    ept_ad = _yn(f.eptad) if f.vendor_module == "kvm_intel" else None
+
+    def caps(accel: str, why: str, probed: bool = False) -> HostCaps:
+        return HostCaps(accel, why, vendor=f.vendor, nested=f.nested_on, ept_ad=ept_ad, probed=probed)
+
     force = os.environ.get("HARNESS_ACCEL")
     if force == "tcg":
-        return HostCaps("tcg", "forced by HARNESS_ACCEL=tcg", **base)
+        return caps("tcg", "forced by HARNESS_ACCEL=tcg")
     if f.dev_kvm != "ok":
-        return HostCaps("tcg", f"/dev/kvm is {'missing' if f.dev_kvm == 'missing' else 'not readable and writable'}",
-                        **base)
+        return caps("tcg", f"/dev/kvm is {'missing' if f.dev_kvm == 'missing' else 'not readable and writable'}")
     if f.vendor_module is None:
-        return HostCaps("tcg", f"no kvm_intel or kvm_amd loaded; KVM modules: {', '.join(f.kvm_modules) or 'none'}",
-                        **base)
+        return caps("tcg", f"no kvm_intel or kvm_amd loaded; KVM modules: {', '.join(f.kvm_modules) or 'none'}")
     if force != "probe":
         failed = A.cached_failure()
         if failed is not None:
-            return HostCaps("tcg", failed, probed=True, **base)
+            return caps("tcg", failed, probed=True)
     kernel = probe_kernel() if probe_kernel is not None else None
     if kernel is None:
-        return HostCaps("kvm", f"/dev/kvm usable and {f.vendor_module} loaded; not boot-probed here (each run "
-                               "probes before it uses KVM)", probed=False, **base)
+        return caps("kvm", f"/dev/kvm usable and {f.vendor_module} loaded; not boot-probed here (each run "
+                           "probes before it uses KVM)", probed=False)
     ok, why = A.probe_kvm(kernel) if force == "probe" else A.cached_probe(kernel)
-    return HostCaps("kvm" if ok else "tcg", why, probed=True, **base)
+    return caps("kvm" if ok else "tcg", why, probed=True)

@@ -128,7 +128,7 @@ def start(ctx: Context, job: Job) -> None:
     job.t0 = time.monotonic()
     job.deadline = job.t0 + ctx.total_s.get(job.cell.id, 900) + DEADLINE_PAD_S
     job.timed_out = False
-    if ctx.jobs > 1:
+    if job.log is not None:  # several children: each one's output in its own log
         log(f"start {job.cell.id} {job.cell.name} seed {job.seed} (log {job.log.relative_to(ctx.mdir)})")
 
 
@@ -173,7 +173,7 @@ def _killpg(pid: int, sig: int) -> None:
 def stop(jobs: list[Job], grace: float | None = None) -> None:
     """SIGTERM each child's group, wait up to `grace`, then SIGKILL the groups and every descendant seen
     (QEMU runs in a session of its own, so a group kill alone would miss it).  A second Ctrl-C skips the wait."""
-    live = [j for j in jobs if j.proc is not None and j.proc.poll() is None]
+    live = [j.proc for j in jobs if j.proc is not None and j.proc.poll() is None]
     if not live:
         return
     grace = STOP_GRACE_S if grace is None else grace
@@ -184,22 +184,22 @@ def stop(jobs: list[Job], grace: float | None = None) -> None:
         signal.signal(s, lambda *_: hurry.append(1))
     try:
         seen: set[psutil.Process] = set()
-        for j in live:
-            seen |= _descendants(j.proc.pid)
-            _killpg(j.proc.pid, signal.SIGTERM)
+        for child in live:
+            seen |= _descendants(child.pid)
+            _killpg(child.pid, signal.SIGTERM)
         end = time.monotonic() + grace
-        while not hurry and time.monotonic() < end and any(j.proc.poll() is None for j in live):
-            for j in live:
-                seen |= _descendants(j.proc.pid)  # a QEMU started meanwhile
+        while not hurry and time.monotonic() < end and any(child.poll() is None for child in live):
+            for child in live:
+                seen |= _descendants(child.pid)  # a QEMU started meanwhile
             time.sleep(POLL_S)
-        for j in live:
-            if j.proc.poll() is None:
-                seen |= _descendants(j.proc.pid)
-                _killpg(j.proc.pid, signal.SIGKILL)
+        for child in live:
+            if child.poll() is None:
+                seen |= _descendants(child.pid)
+                _killpg(child.pid, signal.SIGKILL)
         kill_procs([p for p in seen if p.is_running()])
-        for j in live:
+        for child in live:
             try:
-                j.proc.wait(timeout=5)
+                child.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
     finally:
@@ -246,7 +246,7 @@ def run_cells(cells: list[Cell], ctx: Context, on_cell_done: Callable[[Cell], ob
                 start(ctx, active[-1])
             time.sleep(POLL_S)
             for job in list(active):
-                if job.proc.poll() is None:
+                if job.proc is not None and job.proc.poll() is None:  # start() set it (or raised)
                     if time.monotonic() > job.deadline and not job.timed_out:
                         job.timed_out = True
                         stop([job])

@@ -6,7 +6,7 @@ from harness.fleet.matrix.model import Cell, Matrix
 from harness.oracles.ledger import gfn_text
 
 
-def run_entry(run: dict, run_dir: str, seed: int) -> dict:
+def run_entry(run: dict, run_dir: str, seed: int | None) -> dict:
     """A run's line in matrix.json, from its run.json."""
     t = run.get("timings", {})
     return {"run_dir": run_dir, "verdict": run["verdict"], "seed": seed,
