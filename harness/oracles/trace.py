@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from harness.oracles import ftrace as ft
+from harness.oracles.ftrace import Free, Install, OldSpte, Pfn, SpteChange  # each handler's typed arguments
 
 # re-exported: the oracle's public names, wherever they now live
 from harness.oracles.ftrace import (HEADER_COL, STRUCT_PAGE, VMEMMAP_DEFAULT, Cut, Event, Lost, _field,  # noqa: F401
@@ -181,17 +182,18 @@ class Checker:
 
     def _on_dirty(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
         a = ev.args
-        if a is None:
+        if not isinstance(a, Pfn):
             return False
         self._dirty(pid, a.pfn)
+        return None
 
     def _on_page_free(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
         if not (self.zapped or self.r4_zapped):
             return None
         a = ev.args
-        if a is None or a.order is None:
+        if not isinstance(a, Free) or a.order is None:
             return False
-        pfn, order = a
+        pfn, order = a.pfn, a.order
         z, z4 = self.zapped, self.r4_zapped
         for q in range(pfn, pfn + (1 << order)):
             if q in z:
@@ -199,12 +201,13 @@ class Checker:
                 self._freed(q, z.pop(q), ts)
             if q in z4:
                 self._r4_freed(q, z4.pop(q), ts)
+        return None
 
     def _on_write_folio(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
         if not (self.zapped or self.r4_zapped):
             return None
         a = ev.args
-        if a is None:
+        if not isinstance(a, Pfn):
             return False
         ent = self.zapped.get(a.pfn)
         if ent:
@@ -212,16 +215,18 @@ class Checker:
         ent = self.r4_zapped.get(a.pfn)
         if ent:
             ent[3] = True
+        return None
 
     def _on_reclaim_clean(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
         if not self.r4_zapped:
             return None
         a = ev.args
-        if a is None:
+        if not isinstance(a, Pfn):
             return False
         ent = self.r4_zapped.get(a.pfn)
         if ent:
             ent[4] = True
+        return None
 
     def _on_fault(self, pid: int, ts: str, ev: Event, n: int) -> None:
         if pid in self.r2_pend:
@@ -270,9 +275,9 @@ class Checker:
 
     def _on_spte_changed(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
         a = ev.args
-        if a is None:
+        if not isinstance(a, SpteChange):
             return False
-        gfn, level, old, new = a
+        gfn, level, old, new = a.gfn, a.level, a.old, a.new
         if pid in self.r1_pend:
             self._r1_close(pid, "the same task changed another SPTE first")
         present, large, pfn_mask = self._bits
@@ -291,6 +296,7 @@ class Checker:
             if self.r2 and new & self.hwmask and not (old_leaf and old & self.hwmask and opfn == npfn):
                 self.rules["R2"].checked += 1
                 self.r2_pend.setdefault(pid, []).append([npfn, 1 << (9 * (level - 1)), gfn, n, ts])
+        return None
 
     def _dirty_leaf_changed(self, pid: int, ts: str, n: int, gfn: int | None, opfn: int, unmapped: bool) -> None:
         """A present dirty leaf SPTE of opfn became non-present, clean or another pfn (`unmapped`: non-present or
@@ -324,7 +330,7 @@ class Checker:
     def _on_shadow_zap(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
         """mmu_spte_clear_track_bits(): the shadow MMU clears a leaf SPTE (rmap SPTEs are leaves), then marks."""
         a = ev.args
-        if a is None:
+        if not isinstance(a, OldSpte):
             return False
         old = a.spte
         if pid in self.r1_pend:
@@ -333,18 +339,20 @@ class Checker:
         if old & present and self._is_dirty(old):
             opfn = (old & pfn_mask) >> 12
             self._dirty_leaf_changed(pid, ts, n, self.pfn_gfn.get(opfn), opfn, True)
+        return None
 
     def _on_set_spte(self, pid: int, ts: str, ev: Event, n: int) -> bool | None:
         """kvm_mmu_set_spte: an install (either MMU)."""
         a = ev.args
-        if a is None:
+        if not isinstance(a, Install):
             return False
-        gfn, new = a
+        gfn, new = a.gfn, a.spte
         present, _, pfn_mask = self._bits
         if new & present:
             pfn = (new & pfn_mask) >> 12
             self.pfn_gfn[pfn] = gfn
             self._remapped(pfn)
+        return None
 
     def _r4_freed(self, pfn: int, ent: list, ts: str) -> None:
         if not ent[4]:

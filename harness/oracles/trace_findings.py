@@ -6,7 +6,7 @@ from collections import deque
 from typing import Iterable
 
 from harness.oracles import ftrace as ft
-from harness.oracles.ftrace import Event, Lost, Record, decode
+from harness.oracles.ftrace import Event, Fault, Free, Install, Lost, OldSpte, Pfn, Range, Record, SpteChange, decode
 from harness.oracles.trace_result import Result, RuleState
 from harness.oracles.trace_spte import SpteLayout, decode_spte, layout_of
 
@@ -94,7 +94,7 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
 
 class _Timelines:
     def __init__(self, gfns: Iterable[int], layout: SpteLayout, limit: int, fates: dict[int, dict]):
-        self.want = {g: deque(maxlen=limit) for g in gfns}
+        self.want: dict[int, deque[str]] = {g: deque(maxlen=limit) for g in gfns}
         self.layout = layout
         self.vendor = layout.vendor
         self.fates = fates
@@ -116,7 +116,7 @@ class _Timelines:
 
     def _spte_changed(self, ev: Event) -> None:
         a = ev.args
-        if a is None or a.gfn not in self.want:
+        if not isinstance(a, SpteChange) or a.gfn not in self.want:
             return
         g = a.gfn
         o = decode_spte(a.old, level=a.level, layout=self.layout)
@@ -134,9 +134,9 @@ class _Timelines:
 
     def _install(self, ev: Event) -> None:  # the shadow MMU's only gfn <-> pfn evidence
         a = ev.args
-        if a is None:
+        if not isinstance(a, Install):
             return
-        g, new = a
+        g, new = a.gfn, a.spte
         if g in self.want and new & self.layout.present:
             s = decode_spte(new, layout=self.layout)
             self.pfn_gfn[s.pfn] = g
@@ -144,7 +144,7 @@ class _Timelines:
 
     def _shadow_zap(self, ev: Event) -> None:
         a = ev.args
-        if a is None:
+        if not isinstance(a, OldSpte):
             return
         o = decode_spte(a.spte, layout=self.layout)
         g = self.pfn_gfn.get(o.pfn) if o.present else None
@@ -156,9 +156,9 @@ class _Timelines:
 
     def _fault(self, ev: Event) -> None:
         a = ev.args
-        if a is None:
+        if not isinstance(a, Fault):
             return
-        g, pfn = a
+        g, pfn = a.gfn, a.pfn
         if g in self.want:
             self.pfn_gfn[pfn] = g
             self.want[g].append(f"{ev.ts} pid {ev.pid} fault gfn {g:#x} -> pfn {pfn:#x}")
@@ -166,7 +166,7 @@ class _Timelines:
     def _pfn_event(self, ev: Event, text: str, fate: str) -> None:
         """An event naming a pfn (clean drop, dirty mark, writeback): on the timeline of the gfn it holds."""
         a = ev.args
-        if a is None:
+        if not isinstance(a, Pfn):
             return
         g = self.pfn_gfn.get(a.pfn)
         if g is not None:
@@ -184,7 +184,7 @@ class _Timelines:
 
     def _free(self, ev: Event) -> None:
         a = ev.args
-        if a is None:
+        if not isinstance(a, Free):
             return
         pfn = a.pfn
         if pfn in self.pfn_gfn:
@@ -193,7 +193,9 @@ class _Timelines:
 
     def _unmap(self, ev: Event) -> None:
         # as text ("0x7f..--0x7f.."): a timeline line is for people, never a Python bytes repr (a Range always reads)
-        self.last_unmap[ev.pid] = ev.args.text.replace(b" ", b"").decode("ascii", "replace")
+        a = ev.args
+        if isinstance(a, Range):
+            self.last_unmap[ev.pid] = a.text.replace(b" ", b"").decode("ascii", "replace")
 
     def _age(self, ev: Event) -> None:
         self.last_unmap.pop(ev.pid, None)
