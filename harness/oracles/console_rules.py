@@ -23,8 +23,8 @@ from typing import Callable, NamedTuple, Optional, Union
 from harness.oracles.console_frames import (
     OFFSET_RE, SKIP_FRAME_RE, clean, crash_site, first_frame, in_func, norm_func, pc_func, strip_prefix)
 
-TitleFn = Callable[[re.Match, list], str]   # (header match, lines from the header on) -> title
-KindFn = Callable[[re.Match], str]
+TitleFn = Callable[[re.Match[str], list[str]], str]   # (header match, lines from the header on) -> title
+KindFn = Callable[[re.Match[str]], str]
 
 
 class HotWord(NamedTuple):
@@ -42,7 +42,7 @@ LOCKUP = HotWord("LOCKUP", word_start=True)
 @dataclass(frozen=True)
 class Rule:
     name: str
-    header: re.Pattern
+    header: re.Pattern[str]
     kind: Union[str, KindFn]
     title: TitleFn
     rank: int
@@ -50,15 +50,16 @@ class Rule:
     consequence: bool = False     # an after-effect: fold into a preceding report
     crash: bool = True            # False: an infrastructure finding, not a kernel bug
 
-    def kind_of(self, m: re.Match) -> str:
+    def kind_of(self, m: re.Match[str]) -> str:
         return self.kind(m) if callable(self.kind) else self.kind
 
 
 def rule(name: str, header: str, kind: Union[str, KindFn], title: TitleFn, rank: int, *,
-         hot: Union[str, HotWord, tuple], consequence: bool = False, crash: bool = True) -> Rule:
+         hot: Union[str, HotWord, tuple[Union[str, HotWord], ...]], consequence: bool = False,
+         crash: bool = True) -> Rule:
     """A record; ``hot`` is one hot word or a tuple of them (a plain string may occur anywhere in the line)."""
-    words = hot if isinstance(hot, tuple) and not isinstance(hot, HotWord) else (hot,)
-    words = tuple(w if isinstance(w, HotWord) else HotWord(w) for w in words)
+    given = hot if isinstance(hot, tuple) and not isinstance(hot, HotWord) else (hot,)
+    words = tuple(w if isinstance(w, HotWord) else HotWord(w) for w in given)
     return Rule(name, re.compile(header), kind, title, rank, words, consequence, crash)
 
 
@@ -73,14 +74,14 @@ def _t_site(prefix: str) -> TitleFn:
     return lambda m, body: in_func(prefix, crash_site(body))
 
 
-def _t_stack(prefix: str, skip: Optional[re.Pattern] = None) -> TitleFn:
+def _t_stack(prefix: str, skip: Optional[re.Pattern[str]] = None) -> TitleFn:
     return lambda m, body: in_func(prefix, first_frame(body, skip=skip))
 
 
 _ACCESS_RE = re.compile(r"\b(Read|Write) (?:of size \d+|at addr)")
 
 
-def _t_kasan(m: re.Match, body: list) -> str:
+def _t_kasan(m: re.Match[str], body: list[str]) -> str:
     bug = m.group(1)
     func = m.group(2) and norm_func(m.group(2))
     if not func or SKIP_FRAME_RE.match(func):
@@ -96,7 +97,7 @@ def _t_kasan(m: re.Match, body: list) -> str:
 
 def _t_named(prefix_fmt: str) -> TitleFn:
     """Header carries '<what> in <func>'."""
-    def fn(m: re.Match, body: list) -> str:
+    def fn(m: re.Match[str], body: list[str]) -> str:
         func = norm_func(m.group(2)) if m.group(2) else ""
         if not func or SKIP_FRAME_RE.match(func):
             func = first_frame(body) or func
@@ -104,13 +105,13 @@ def _t_named(prefix_fmt: str) -> TitleFn:
     return fn
 
 
-def _t_kcsan(m: re.Match, body: list) -> str:
+def _t_kcsan(m: re.Match[str], body: list[str]) -> str:
     where = OFFSET_RE.sub("", m.group(2)).strip()
     where = " / ".join(norm_func(p.strip()) for p in where.split("/"))
     return f"KCSAN: {m.group(1)} in {where}"
 
 
-def _t_ubsan(m: re.Match, body: list) -> str:
+def _t_ubsan(m: re.Match[str], body: list[str]) -> str:
     bug = m.group(1).lower().replace(" ", "-")
     func = first_frame(body)
     if not func:
@@ -122,7 +123,7 @@ _LOCK_AT_RE = re.compile(r", at: (?:\[<[0-9a-f]+>\] )?([A-Za-z_][\w.]*)\+0x")
 
 
 def _t_lockdep(label: str) -> TitleFn:
-    def fn(m: re.Match, body: list) -> str:
+    def fn(m: re.Match[str], body: list[str]) -> str:
         func = ""
         for line in body[1:60]:
             a = _LOCK_AT_RE.search(line)
@@ -152,7 +153,7 @@ _LOCKDEP_LABELS = (
 )
 
 
-def _t_lockdep_header(m: re.Match, body: list) -> str:
+def _t_lockdep_header(m: re.Match[str], body: list[str]) -> str:
     what = m.group(1)
     label = what
     for key, lab in _LOCKDEP_LABELS:
@@ -166,7 +167,7 @@ def _t_lockdep_header(m: re.Match, body: list) -> str:
 
 
 # WARNING raised in a checker's own file -> (kind, title prefix); the title names the checker's caller
-_WARN_FILES: tuple[tuple[re.Pattern, str, str], ...] = (
+_WARN_FILES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"^lib/refcount\.c$"), "refcount", "WARNING: refcount bug"),
     (re.compile(r"^kernel/locking/"), "lockdep", "WARNING: locking bug"),
     (re.compile(r"^lib/debugobjects\.c$"), "warning", "WARNING: ODEBUG bug"),
@@ -183,13 +184,13 @@ def _warn_class(path: str) -> Optional[tuple[str, str]]:
     return None
 
 
-def _warn_field(m: re.Match, name: str) -> Optional[str]:
+def _warn_field(m: re.Match[str], name: str) -> Optional[str]:
     """Each WARNING header layout names its groups <name>, <name>2, <name>3 (<name>4: func only)."""
     keys = (name, name + "2", name + "3", name + "4")
     return next((m.group(k) for k in keys if k in m.re.groupindex and m.group(k)), None)
 
 
-def _t_warning(m: re.Match, body: list) -> str:
+def _t_warning(m: re.Match[str], body: list[str]) -> str:
     path = _warn_field(m, "file") or ""
     func = norm_func(_warn_field(m, "func") or "")
     cls = _warn_class(path) if path else None
@@ -204,17 +205,17 @@ def _t_warning(m: re.Match, body: list) -> str:
     return in_func("WARNING", func)
 
 
-def _k_warning(m: re.Match) -> str:
+def _k_warning(m: re.Match[str]) -> str:
     path = _warn_field(m, "file") or ""
     cls = _warn_class(path) if path else None
     return cls[0] if cls else "warning"
 
 
-def _t_kernel_bug(m: re.Match, body: list) -> str:
+def _t_kernel_bug(m: re.Match[str], body: list[str]) -> str:
     return in_func("kernel BUG", crash_site(body) or m.group(1).lstrip("./"))
 
 
-def _t_panic(m: re.Match, body: list) -> str:
+def _t_panic(m: re.Match[str], body: list[str]) -> str:
     msg = m.group(1).strip()
     msg = re.split(r"\s+exitcode=|\s+-\s+not syncing", msg)[0]
     sp = re.search(r"stack-protector: Kernel stack is corrupted in: ([\w.]+)", msg)
@@ -231,7 +232,7 @@ def _t_panic(m: re.Match, body: list) -> str:
 _BACKTRACE_RE = re.compile(r"backtrace|Call Trace", re.I)
 
 
-def _t_leak(m: re.Match, body: list) -> str:
+def _t_leak(m: re.Match[str], body: list[str]) -> str:
     return in_func("memory leak", first_frame(body, after=_BACKTRACE_RE, limit=60))
 
 
@@ -242,11 +243,11 @@ def _t_hang(prefix: str) -> TitleFn:
     return lambda m, body: in_func(prefix, first_frame(body, after=_CALL_TRACE_RE, limit=100))
 
 
-def _t_soft_lockup(m: re.Match, body: list) -> str:
+def _t_soft_lockup(m: re.Match[str], body: list[str]) -> str:
     return in_func("BUG: soft lockup", pc_func(body) or first_frame(body, after=_CALL_TRACE_RE))
 
 
-def _t_wq_leak(m: re.Match, body: list) -> str:
+def _t_wq_leak(m: re.Match[str], body: list[str]) -> str:
     for line in body[1:6]:
         a = re.search(r"last function: ([\w.]+)", line)
         if a:
@@ -254,7 +255,7 @@ def _t_wq_leak(m: re.Match, body: list) -> str:
     return "BUG: workqueue leaked lock or atomic"
 
 
-def _t_rust_panic(m: re.Match, body: list) -> str:
+def _t_rust_panic(m: re.Match[str], body: list[str]) -> str:
     msg = ""
     rest = m.group(1).strip()
     if rest and not rest.endswith(":"):
@@ -268,16 +269,16 @@ def _t_rust_panic(m: re.Match, body: list) -> str:
     return in_func(clean(msg) or "Rust panic", first_frame(body))
 
 
-def _t_oom(m: re.Match, body: list) -> str:
+def _t_oom(m: re.Match[str], body: list[str]) -> str:
     return "Out of memory (OOM kill)" if m.group(1) is None else "Memory cgroup out of memory (OOM kill)"
 
 
-def _t_bug_generic(m: re.Match, body: list) -> str:
+def _t_bug_generic(m: re.Match[str], body: list[str]) -> str:
     msg = clean(m.group(1), 80)
     return in_func(f"BUG: {msg}", crash_site(body)) if len(msg) < 60 else f"BUG: {msg}"
 
 
-def _t_slub(m: re.Match, body: list) -> str:
+def _t_slub(m: re.Match[str], body: list[str]) -> str:
     return in_func(f"BUG: {clean(m.group(2), 60)}", "")
 
 

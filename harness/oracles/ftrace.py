@@ -300,5 +300,5 @@ def parse_line(line: str | bytes) -> Event | None:
     return rec if type(rec) is Event else None
 
 
-def _s(b) -> str:
+def _s(b: object) -> str:
     return b.decode(errors="replace") if isinstance(b, (bytes, bytearray)) else str(b)

@@ -28,7 +28,7 @@ import gzip
 import io
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from harness.oracles import ftrace as ft
 from harness.oracles.ftrace import Free, Install, OldSpte, Pfn, SpteChange  # each handler's typed arguments
@@ -90,17 +90,17 @@ class Checker:
         self.available = set(available) if available is not None else None
         self.rules = {r: RuleState() for r in RULES}
         self._decide_rules()
-        self.r1_pend: dict[int, list] = {}  # pid -> [[pfn, gfn, line, ts, ts of the task's next event], ...]
-        self.r2_pend: dict[int, list] = {}  # pid -> [[pfn, npages, gfn, line, ts], ...]
+        self.r1_pend: dict[int, list[list[Any]]] = {}  # pid -> [[pfn, gfn, line, ts, ts of the task's next event], ...]
+        self.r2_pend: dict[int, list[list[Any]]] = {}  # pid -> [[pfn, npages, gfn, line, ts], ...]
         self.notifier: dict[int, int] = {}  # pid -> line of its last kvm_unmap_hva_range
-        self.zapped: dict[int, list] = {}  # pfn -> [gfn, line, ts, marked, written]
+        self.zapped: dict[int, list[Any]] = {}  # pfn -> [gfn, line, ts, marked, written]
         self.unmarked: set[int] = set()  # zapped pfns whose dirty mark has not been seen yet
         # create-time kernels mark at install: pfns whose dirty release came after their last install (R3 counts
         # that as the mark; otherwise every migration or teardown free of a mapped page would look like a loss)
         self.released: set[int] = set()
         self.installed: set[int] = set()  # pfns whose install the trace saw
         # R4: pfn -> [gfn, line, ts, written back since the zap, dropped clean by reclaim]
-        self.r4_zapped: dict[int, list] = {}
+        self.r4_zapped: dict[int, list[Any]] = {}
         self.pfn_gfn: dict[int, int] = {}  # shadow MMU: pfn -> gfn from kvm_mmu_set_spte (no gfn at the zap)
         self.n = 0
         self.next_sweep = window
@@ -354,7 +354,7 @@ class Checker:
             self._remapped(pfn)
         return None
 
-    def _r4_freed(self, pfn: int, ent: list, ts: str) -> None:
+    def _r4_freed(self, pfn: int, ent: list[Any], ts: str) -> None:
         if not ent[4]:
             return  # freed some other way (migration, teardown): the candidacy ends, nothing to judge
         st = self.rules["R4"]
@@ -388,7 +388,7 @@ class Checker:
             ent[3] = True
             self.unmarked.discard(pfn)
 
-    def _freed(self, pfn: int, ent: list, ts: str) -> None:
+    def _freed(self, pfn: int, ent: list[Any], ts: str) -> None:
         st = self.rules["R3"]
         st.checked += 1
         if not ent[3] and not ent[4]:
@@ -456,7 +456,7 @@ def open_lines(path: str | Path) -> Iterator[bytes]:
 
 # ---- benchmark ---------------------------------------------------------------------------------------------------
 
-def bench_trace(size_mb: int = 1024, snippet: str | Path | None = None, vendor: str = "amd") -> dict:
+def bench_trace(size_mb: int = 1024, snippet: str | Path | None = None, vendor: str = "amd") -> dict[str, Any]:
     """Synthesize a trace of ~size_mb by repeating a recorded snippet (timestamps left as recorded) and time the
     streaming check on one core.  The trace is generated on the fly, never held whole in memory."""
     from harness.paths import REPO

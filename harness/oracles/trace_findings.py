@@ -3,7 +3,7 @@ history in the trace (timelines) and what L1 did with its page after the last za
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from typing import Any, Iterable
 
 from harness.oracles import ftrace as ft
 from harness.oracles.ftrace import Event, Fault, Free, Install, Lost, OldSpte, Pfn, Range, Record, SpteChange, decode
@@ -21,7 +21,7 @@ def noise_floor(res: Result, st: RuleState) -> int:
     return int(st.checked * NOISE) if res.cut_events else 0
 
 
-def rules_json(res: Result, incomplete: list[str] | None = None) -> dict:
+def rules_json(res: Result, incomplete: list[str] | None = None) -> dict[str, Any]:
     out = {}
     for r, st in res.rules.items():
         why = st.why
@@ -41,7 +41,7 @@ def rules_json(res: Result, incomplete: list[str] | None = None) -> dict:
     return out
 
 
-def ledger_gfns(ledger) -> list[int]:
+def ledger_gfns(ledger: object) -> list[int]:
     """gfns of the pages the ledger found bad (L2 gfns: the same numbers as the SPTE events' gfn)."""
     bad = getattr(ledger, "bad", None) or []
     out = []
@@ -52,7 +52,7 @@ def ledger_gfns(ledger) -> list[int]:
     return out
 
 
-def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list[int] | None = None) -> list[dict]:
+def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list[int] | None = None) -> list[dict[str, Any]]:
     lg = set(ledger_gfns or [])
     out = []
     titles = {"R1": "dirty SPTE zapped without marking its page dirty",
@@ -79,7 +79,7 @@ def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list
 # ---- the ledger join: timelines and fates ----------------------------------------------------------------------
 
 def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", limit: int = 40,
-              fates: dict[int, dict] | None = None, layout: SpteLayout | None = None) -> dict[int, list[str]]:
+              fates: dict[int, dict[str, Any]] | None = None, layout: SpteLayout | None = None) -> dict[int, list[str]]:
     """For each gfn: its trace history (fault, SPTE changes, notifier, dirty marks, writeback, free of its pfns).
     With `fates`, also fills fates[gfn] with what happened after the gfn's last leaf-SPTE zap: the L1 pfn, whether
     the SPTE was writable+dirty, and whether a dirty mark, a writeback and a free of that pfn followed.  `layout`:
@@ -93,7 +93,7 @@ def timelines(lines: Iterable[bytes], gfns: Iterable[int], vendor: str = "amd", 
 
 
 class _Timelines:
-    def __init__(self, gfns: Iterable[int], layout: SpteLayout, limit: int, fates: dict[int, dict]):
+    def __init__(self, gfns: Iterable[int], layout: SpteLayout, limit: int, fates: dict[int, dict[str, Any]]):
         self.want: dict[int, deque[str]] = {g: deque(maxlen=limit) for g in gfns}
         self.layout = layout
         self.vendor = layout.vendor
@@ -201,7 +201,7 @@ class _Timelines:
         self.last_unmap.pop(ev.pid, None)
 
 
-def _new_fate(fates: dict[int, dict], g: int, pfn: int, t: str, dirty_spte: bool) -> None:
+def _new_fate(fates: dict[int, dict[str, Any]], g: int, pfn: int, t: str, dirty_spte: bool) -> None:
     """A zap of gfn g's leaf SPTE starts a new cycle, unless an earlier cycle already ended in a lost write's
     shape: that one (the first loss) is what the finding reports, not the last cycle before the run ended."""
     f = fates.get(g)
@@ -211,7 +211,7 @@ def _new_fate(fates: dict[int, dict], g: int, pfn: int, t: str, dirty_spte: bool
                 "freed": False}
 
 
-def _fate(fates: dict[int, dict], g: int, pfn: int, what: str) -> None:
+def _fate(fates: dict[int, dict[str, Any]], g: int, pfn: int, what: str) -> None:
     f = fates.get(g)
     if f and f["pfn"] == pfn and not f.get("lost"):
         f[what] = True
@@ -219,7 +219,7 @@ def _fate(fates: dict[int, dict], g: int, pfn: int, what: str) -> None:
             f["lost"] = True  # a dirty SPTE's page dropped clean by reclaim and freed, no writeback since the zap
 
 
-def fate_text(f: dict) -> str:
+def fate_text(f: dict[str, Any]) -> str:
     """One line: what L1 did with the page after the gfn's last zap (the shape of a lost write, or not)."""
     return (f"L1 pfn {f['pfn']:#x}: {'writable dirty ' if f['dirty_spte'] else ''}SPTE zapped at {f['t']} s, then "
             + ", ".join(("a dirty mark" if f["dirty_mark"] else "no dirty mark",
@@ -229,7 +229,7 @@ def fate_text(f: dict) -> str:
 
 
 def timeline_findings(tl: dict[int, list[str]], res: Result, incomplete: list[str] | None = None,
-                      limit: int = 20, fates: dict[int, dict] | None = None) -> list[dict]:
+                      limit: int = 20, fates: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One finding per ledger-bad gfn: gfn (L2), pfn (L1), the trace rules that flagged it, and its history."""
     out = []
     fates = fates or {}

@@ -24,7 +24,7 @@ import re
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 # v6.12's layout, kept as module constants (the checker's historical names)
 PFN_MASK = ((1 << 52) - 1) & ~0xFFF
@@ -63,7 +63,7 @@ class SpteLayout:
         off = (self.writable | self.dirty) if self.soft_ad else self.writable  # what "dirty" is, A/D disabled
         return lambda raw: bool(raw & (off if (raw & adm) == add else d))
 
-    def bits(self) -> dict:
+    def bits(self) -> dict[str, str]:
         """The layout as bit numbers (run.json)."""
         def num(m: int) -> str:
             lo, hi = (m & -m).bit_length() - 1, m.bit_length() - 1
@@ -291,7 +291,7 @@ def _git_show(tree: Path, commit: str, rel: str) -> str | None:
     return r.stdout if r.returncode == 0 else None
 
 
-def layout_for_kernel(kernel: dict, vendor: str, release: str | None = None,
+def layout_for_kernel(kernel: dict[str, Any], vendor: str, release: str | None = None,
                       src_root: Path | None = None) -> SpteLayout:
     """The layout of the kernel a run boots as L1 (`kernel`: run.json's kernel section): from its own headers
     when the harness built it (its meta.json names the source tree and the commit compiled), else the table
