@@ -85,12 +85,22 @@ class L1Facts(BaseModel):
 
 
 class L2Facts(BaseModel):
-    booted: bool = False  # L2's init announced itself
+    """How L1's guest (the Linux L2, or the micro-guest VMM) ran and ended: the scenario stage fills it, the judge
+    reads it, and run.json's "l2" is this model (harness.report.models.RunRecord)."""
+    model_config = ConfigDict(extra="allow")  # a field a later harness adds passes through an older one
+    # the order is run.json's, as the runs recorded so far have it
     qemu_rc: int | None = None  # L2's QEMU exit status in L1 (None: not seen end)
-    ended_at_s: float | None = None  # when L0 saw L2's QEMU gone or hung
+    reclaim_writes: list[dict[str, Any]] = Field(default_factory=list)  # the monitor's memory.reclaim writes
     stopped_early: bool = False  # the harness stopped it at the first finding (matrix cells)
+    injected: str | None = None  # the fault the scenario injected into L1 while L2 ran (scenario `inject`), if it did
     result_channel: bool = False  # l2-result.log (the lossless virtio-serial stream) was collected
+    booted: bool = False  # L2's init announced itself
+    ended_at_s: float | None = None  # when L0 saw L2's QEMU gone or hung
     qemu_log_tail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """run.json's "l2": every fact (a default is a fact here: not booted, no end seen)."""
+        return self.model_dump(mode="json")
 
 
 class CaseEvidence(BaseModel):
@@ -118,8 +128,8 @@ class CaseEvidence(BaseModel):
     # facts that could not be collected, and the error that ended the case early (each an infra finding)
     unavailable: list[str] = Field(default_factory=list)
     error: Finding | None = None
-    # descriptive facts for run.json (accelerator, images, timings, L2's end): the judge does not read them (L1's
-    # are `l1`, typed, for both)
+    # descriptive facts for run.json (accelerator, images, timings, the kernel's identity): the judge does not read
+    # them (the facts both read are `l1` and `l2`, typed, one copy)
     info: dict[str, Any] = Field(default_factory=dict)
 
     def save(self, case_dir: Path) -> None:

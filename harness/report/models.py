@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.evidence import Finding, L1Facts, LedgerTotals
+from harness.evidence import Finding, L1Facts, L2Facts, LedgerTotals
 from harness.resultfile import ResultFile
 
 RUN_SCHEMA = 1
@@ -45,7 +45,7 @@ class RunRecord(ResultFile):
     ledger: LedgerTotals = Field(default_factory=LedgerTotals)  # the judge's (harness.evidence: one model)
     trace: dict[str, Any] = Field(default_factory=dict)
     l1: L1Facts = Field(default_factory=L1Facts)  # the scenario stage's facts about L1 (harness.evidence)
-    l2: dict[str, Any] = Field(default_factory=dict)
+    l2: L2Facts = Field(default_factory=L2Facts)  # how L1's guest ran and ended (harness.evidence)
     infra_events: list[str] = Field(default_factory=list)
     attempts: int = 1
     interrupted: bool = False

@@ -231,7 +231,7 @@ def timeline(case_dir: Path, run: RunRecord, out: Path) -> list[dict]:
             if vals:
                 ax1.stairs(vals, edges, baseline=None, color=color, lw=1.6, label=f"L1 {name}")
                 top = max([top] + [v for v in vals if v == v])
-    reclaim = [w["t"] for w in run.l2.get("reclaim_writes") or [] if isinstance(w.get("t"), (int, float))]
+    reclaim = [w["t"] for w in run.l2.reclaim_writes if isinstance(w.get("t"), (int, float))]
     if reclaim:  # the monitor's memory.reclaim writes: same clock as vmstat.csv
         ax1.plot(reclaim, [0] * len(reclaim), "^", color="#555", ms=5, clip_on=False, label="memory.reclaim write")
     if not t:

@@ -41,7 +41,7 @@ RECORDED = ("l1-console.log", "l1-dmesg.log", "l2-console.log", "l2-result.log",
 def new_evidence(s: Scenario, case: str, patch: str | None) -> CaseEvidence:
     return CaseEvidence(case=case, guest=s.guest, l2_fault=s.l2_fault, **guest_for(s).evidence_knobs(),
                         patch_under_test=patch,
-                        info={"accel": {}, "l2": {}, "timings": {}, "kernel_meta": {}})
+                        info={"accel": {}, "timings": {}, "kernel_meta": {}})
 
 
 def run_case(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvidence, log: RunProgress,
@@ -199,8 +199,8 @@ def _monitor_facts(ev: CaseEvidence, mon: l1host.Monitor, t_l2: float, t0: float
     ev.l2.qemu_rc, ev.l2.stopped_early = mon.l2_rc, mon.stopped_early
     ev.l2.ended_at_s = round(mon.l2_end_wall - t0, 2) if mon.l2_end_wall is not None else None
     ev.first_bad_s = round(mon.first_bad_wall - t0, 2) if mon.first_bad_wall is not None else None
-    ev.info["l2"] = {"qemu_rc": mon.l2_rc, "reclaim_writes": mon.reclaim_log, "stopped_early": mon.stopped_early,
-                     "injected": mon.scenario.inject if mon.injected else None}
+    ev.l2.reclaim_writes = mon.reclaim_log
+    ev.l2.injected = mon.scenario.inject if mon.injected else None
 
 
 def _collect_end(ev: CaseEvidence, guest: Guest, cdir: Path, sh: L1Shell, before: dict) -> ledger_oracle.LedgerResult:

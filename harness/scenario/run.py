@@ -208,7 +208,7 @@ def record(run_id: str, s: Scenario, scenario_yaml: str, overrides, kernel: dict
     return {"schema": 1, "run_id": run_id, "verdict": verdict.verdict, "judge_version": verdict.judge_version,
             "scenario": s.model_dump(), "scenario_yaml": scenario_yaml, "overrides": overrides or [],
             "kernel": kernel, "accel": info.get("accel", {}), "images": info.get("images", {}), "l1": ev.l1.to_json(),
-            "l2": info.get("l2", {}) | {"result_channel": ev.l2.result_channel}, "ledger": verdict.ledger.to_json(),
+            "l2": ev.l2.to_json(), "ledger": verdict.ledger.to_json(),
             "findings": [f.to_json() for f in verdict.findings], "trace": ev.trace, "timings": timings,
             "infra_events": info.get("infra_events", []) + infra_events, "attempts": 1 + len(infra_events),
             "interrupted": interrupted,

@@ -1,13 +1,13 @@
-"""L1's facts are one typed model (harness.evidence.L1Facts): the scenario stage fills it from setup-host.sh's
-lines, the judge reads it, and run.json's "l1" is it (and "ledger" is the judge's LedgerTotals), so what the judge
-saw and what the report shows cannot drift apart."""
+"""A case's facts about L1 and its guest are typed models, one copy each (harness.evidence.L1Facts, L2Facts): the
+scenario stage fills them (L1's from setup-host.sh's lines), the judge reads them, and run.json's "l1" and "l2" are
+them (and "ledger" is the judge's LedgerTotals), so what the judge saw and what the report shows cannot drift."""
 import time
 
 import pytest
 
 from harness.config import Scenario
 from harness.errors import InfraError
-from harness.evidence import CaseEvidence, Judgement, L1Facts, LedgerTotals
+from harness.evidence import CaseEvidence, Judgement, L1Facts, L2Facts, LedgerTotals
 from harness.oracles.ledger import parse_console
 from harness.report.models import RunRecord
 from harness.scenario.case import _setup_l1, new_evidence
@@ -84,8 +84,12 @@ def test_run_json_l1_and_ledger_are_the_evidence_and_the_judgement_models():
     assert run["l1"] == ev.l1.to_json() and run["l1"]["vmstat_delta"] == {"pswpout": 900}
     assert run["ledger"] == {"pages": 4096, "rounds": 2, "rounds_done": 0, "pages_verified": 8192, "trail_verified": 0,
                              "stale": 0, "zero": 0, "corrupt": 0, "complete": True, "first_bad_s": None}
+    # L2: every fact, defaults included (not booted, no end seen are facts too)
+    assert run["l2"] == {"qemu_rc": None, "reclaim_writes": [], "stopped_early": False, "injected": None,
+                         "result_channel": False, "booted": False, "ended_at_s": None, "qemu_log_tail": ""}
     back = RunRecord.parse(run)  # and the report reads them back as the same models
     assert isinstance(back.l1, L1Facts) and back.l1 == ev.l1
+    assert isinstance(back.l2, L2Facts) and back.l2 == ev.l2
     assert isinstance(back.ledger, LedgerTotals) and back.ledger.pages_verified == 8192 and back.ledger.bad == 0
 
 
@@ -93,3 +97,14 @@ def test_run_json_l1_and_ledger_are_the_evidence_and_the_judgement_models():
 def test_ledger_totals_of_an_older_run_count_what_it_recorded(recorded, bad):
     lg = LedgerTotals.model_validate(recorded)
     assert lg.bad == bad and lg.to_json() == recorded
+
+
+def test_l2_facts_of_a_run_that_reclaimed_and_injected_reach_run_json():
+    s = Scenario()
+    ev = new_evidence(s, "default", None)
+    ev.l2 = L2Facts(qemu_rc=0, booted=True, ended_at_s=61.5, result_channel=True, injected="kill-l2-qemu",
+                    reclaim_writes=[{"t": 12.0, "mb": 256, "s": 30.1}])
+    verdict = Judgement(verdict="pass", findings=[], judge_version="t")
+    run = record("r1", s, "", [], {"release": "6.12"}, ev, verdict, [], False, time.monotonic())
+    assert run["l2"]["reclaim_writes"] == [{"t": 12.0, "mb": 256, "s": 30.1}] and run["l2"]["injected"] == "kill-l2-qemu"
+    assert "l2" not in ev.info and RunRecord.parse(run).l2.reclaim_writes[0]["mb"] == 256
