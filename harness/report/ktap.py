@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.evidence import Finding
 from harness.report.models import RunRecord
@@ -34,7 +35,7 @@ _KTAP_END = ((re.compile(r"List of all partitions:"), "List of all partitions -"
              (re.compile(r"reboot: System halted"), "reboot - System halted"))
 
 
-def clean(text, limit: int = 300) -> str:
+def clean(text: object, limit: int = 300) -> str:
     """One line of text safe anywhere in KTAP: no newline, no "#" (a test description "can be any string of
     characters other than # or a newline", ktap.rst; escaped as %23, so nothing is lost), no parser stop phrase."""
     raw = str(text if text is not None else "")
@@ -45,7 +46,7 @@ def clean(text, limit: int = 300) -> str:
     return s if len(s) <= limit else s[:limit - 1] + "…"
 
 
-def name_of(text) -> str:
+def name_of(text: object) -> str:
     """A test name: cleaned and never empty (kunit matches a parent's "# Subtest:" name to its result line)."""
     return clean(text, 200) or "unnamed"
 
@@ -124,14 +125,14 @@ def run_ktap(run: RunRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_line(r: dict) -> str:
+def _run_line(r: dict[str, Any]) -> str:
     ff = r.get("first_finding_s")
     titles = "; ".join((r.get("titles") or [])[:2])
     return (f"  run {Path(str(r.get('run_dir', '?'))).name}: seed {r.get('seed')}, {r.get('verdict')}"
             + (f" after {ff} s" if ff is not None else "") + (f": {titles}" if titles else ""))
 
 
-def cell_lines(cell: dict, num: int) -> list[str]:
+def cell_lines(cell: dict[str, Any], num: int) -> list[str]:
     """One matrix cell as a subtest: ok when its outcome is the one it declares (as in junit.xml)."""
     name, outcome, expect = name_of(cell.get("name") or _cell_name(cell)), cell.get("outcome"), cell.get("expect")
     runs = cell.get("runs") or []
@@ -154,13 +155,13 @@ def cell_lines(cell: dict, num: int) -> list[str]:
     return [f"# {clean(d)}" for d in diags] + [f"{'ok' if ok else 'not ok'} {num} {name}{tail}"]
 
 
-def _cell_name(cell: dict) -> str:
+def _cell_name(cell: dict[str, Any]) -> str:
     """matrix.Cell.name, for a matrix.json that does not store it."""
     knobs = ",".join(f"{k}={v}" for k, v in (cell.get("variant") or {}).items()) or "default"
     return f"{cell.get('kernel')}[{knobs}]" + (f"@seed{cell['seed']}" if cell.get("seed") is not None else "")
 
 
-def matrix_ktap(matrix_json: dict) -> str:
+def matrix_ktap(matrix_json: dict[str, Any]) -> str:
     """KTAP for a matrix: one parent test (the matrix) with one subtest per cell, nested two spaces deep."""
     cells = matrix_json.get("cells") or []
     mname = name_of("matrix-" + str(matrix_json.get("name")))
@@ -180,13 +181,13 @@ def matrix_ktap(matrix_json: dict) -> str:
                      + [f"# {clean(head)}", f"{'ok' if ok else 'not ok'} 1 {mname}"]) + "\n"
 
 
-def _step_name(step: dict) -> str:
+def _step_name(step: dict[str, Any]) -> str:
     p = step.get("patch")
     what = (p.get("subject") or p.get("file") or "?") if p else "base (no patch)"
     return name_of(f"upto {step.get('upto')}: {what}")
 
 
-def step_lines(step: dict, num: int, repeats) -> list[str]:
+def step_lines(step: dict[str, Any], num: int, repeats: object) -> list[str]:
     """One bisection step (the stack of the first `upto` patches) as a subtest: ok when good, not ok when bad,
     `not ok ... # ERROR` when the infrastructure failed twice (or the step never finished); never SKIP."""
     p, runs, verdict = step.get("patch"), step.get("runs") or [], step.get("verdict")
@@ -210,7 +211,7 @@ def step_lines(step: dict, num: int, repeats) -> list[str]:
     return [f"# {clean(d)}" for d in diags] + [f"not ok {num} {name}{tail}"]
 
 
-def _bisect_head(doc: dict) -> tuple[list[str], str]:
+def _bisect_head(doc: dict[str, Any]) -> tuple[list[str], str]:
     """The parent test's diagnostics (the first bad patch, the confidence) and its result's directive."""
     st, fb, n = doc.get("status"), doc.get("first_bad"), len(doc.get("series") or [])
     conf = doc.get("confidence") or {}
@@ -237,7 +238,7 @@ def _bisect_head(doc: dict) -> tuple[list[str], str]:
     return lines, tail
 
 
-def bisect_ktap(doc: dict) -> str:
+def bisect_ktap(doc: dict[str, Any]) -> str:
     """KTAP for a bisection (bisect.json): one parent test with one subtest per step, in the order they ran;
     the parent passes only when the whole series is good, and its diagnostics name the first bad patch."""
     steps = doc.get("steps") or []
@@ -251,17 +252,17 @@ def bisect_ktap(doc: dict) -> str:
                      + [f"{'ok' if ok else 'not ok'} 1 {pname}{tail}"]) + "\n"
 
 
-def write_bisect_ktap(doc: dict, path) -> Path:
+def write_bisect_ktap(doc: dict[str, Any], path: str | Path) -> Path:
     atomic_write(Path(path), bisect_ktap(doc))
     return Path(path)
 
 
-def write_run_ktap(run: RunRecord | dict, path) -> Path:
+def write_run_ktap(run: RunRecord | dict[str, Any], path: str | Path) -> Path:
     """results.ktap of a run (run.json's content is read through its model)."""
     atomic_write(Path(path), run_ktap(run if isinstance(run, RunRecord) else RunRecord.parse(run, str(path))))
     return Path(path)
 
 
-def write_matrix_ktap(matrix_json: dict, path) -> Path:
+def write_matrix_ktap(matrix_json: dict[str, Any], path: str | Path) -> Path:
     atomic_write(Path(path), matrix_ktap(matrix_json))
     return Path(path)

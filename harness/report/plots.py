@@ -23,6 +23,7 @@ import gzip
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from harness.evidence import Finding
 from harness.report.models import MatrixRecord, RunRecord
@@ -32,7 +33,7 @@ _TRACE_TS = re.compile(rb"\s(\d+\.\d+):\s")  # an ftrace line's timestamp
 L2_INIT = "HARNESS-L2: init"
 
 
-def _plt():
+def _plt() -> Any:  # matplotlib.pyplot, imported (and its backend chosen) only when a plot is drawn
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -57,7 +58,7 @@ def read_vmstat(path: Path) -> dict[str, list[float]]:
     return cols
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -82,7 +83,7 @@ def rates(t: list[float], counter: list[float]) -> tuple[list[float], list[float
     return (list(t[:n]) if n > 1 else []), vals
 
 
-def ledger_rounds(events: list[dict], off: float) -> list[tuple[float, float, int]]:
+def ledger_rounds(events: list[dict[str, Any]], off: float) -> list[tuple[float, float, int]]:
     """(start, end, round) on vmstat's clock: round 0 writes every page from the start; round r runs from the
     end of window r-1 (its "window" event + seconds) to its "round" event."""
     out: list[tuple[float, float, int]] = []
@@ -126,12 +127,12 @@ def l2_uptime_at_init(case_dir: Path) -> float | None:
     return None
 
 
-def _short(text, n: int = 48) -> str:
+def _short(text: object, n: int = 48) -> str:
     s = " ".join(str(text).split())
     return s if len(s) <= n else s[:n - 1] + "…"
 
 
-def _ledger_mark(bad: list[dict], off: float) -> dict:
+def _ledger_mark(bad: list[dict[str, Any]], off: float) -> dict[str, Any]:
     b = bad[0]
     gfn = f" gfn {b['gfn']:#x}" if isinstance(b.get("gfn"), int) else ""
     return {"t": b["t"] + off, "source": "ledger",
@@ -155,7 +156,7 @@ def _console_time(f: Finding, t0: float | None, l2b: float | None, up2: float | 
     return float(m.group(1)) - t0 + l2b if f.layer == "L1" and t0 is not None else None
 
 
-def _finding_mark(f: Finding, t0: float | None, l2b: float | None, up2: float | None) -> dict:
+def _finding_mark(f: Finding, t0: float | None, l2b: float | None, up2: float | None) -> dict[str, Any]:
     if f.oracle == "trace" and f.kind.endswith("violation"):
         t = _trace_time(f, t0, l2b)
         label = f"trace {getattr(f, 'rule', '')}: {getattr(f, 'count', '?')} violations (first example)"
@@ -167,7 +168,7 @@ def _finding_mark(f: Finding, t0: float | None, l2b: float | None, up2: float | 
     return {"t": round(t, 2) if t is not None else None, "source": f.oracle, "label": label}
 
 
-def finding_marks(case_dir: Path, run: RunRecord, ledger: list[dict], off: float | None) -> list[dict]:
+def finding_marks(case_dir: Path, run: RunRecord, ledger: list[dict[str, Any]], off: float | None) -> list[dict[str, Any]]:
     """Each finding's time on vmstat's clock: {"t" (None: no time of its own), "source", "label"}."""
     bad = [e for e in ledger if e.get("ev") == "bad" and isinstance(e.get("t"), (int, float))]
     marks = [_ledger_mark(bad, off)] if bad and off is not None else []
@@ -179,7 +180,7 @@ def finding_marks(case_dir: Path, run: RunRecord, ledger: list[dict], off: float
     return marks
 
 
-def _bands(ax, rounds, label_y=None) -> None:
+def _bands(ax: Any, rounds: list[tuple[float, float, int]], label_y: float | None = None) -> None:
     for i, (a, b, r) in enumerate(rounds):
         ax.axvspan(a, b, color="#4a7ab5" if i % 2 else "#7fa7d6", alpha=0.13, lw=0)
         if label_y is not None and b - a > 0:
@@ -187,7 +188,7 @@ def _bands(ax, rounds, label_y=None) -> None:
                     transform=ax.get_xaxis_transform())
 
 
-def _marks(axes, marks) -> None:
+def _marks(axes: tuple[Any, ...], marks: list[dict[str, Any]]) -> None:
     for m in (m for m in marks if m["t"] is not None):
         for ax in axes:
             ax.axvline(m["t"], color="#c0392b", lw=1.4, ls="-" if m["source"] == "ledger" else "--")
@@ -197,7 +198,7 @@ def _marks(axes, marks) -> None:
         txt.set_in_layout(False)
 
 
-def _memory_axis(ax, vm: dict, run: RunRecord) -> None:
+def _memory_axis(ax: Any, vm: dict[str, list[float]], run: RunRecord) -> None:
     mmax = run.scenario.get("memory_max_mb")
     if "memory_current" in vm:
         ax.plot(vm["t"], [v / 2**20 for v in vm["memory_current"]], color="#2e7d32", lw=1.5,
@@ -213,7 +214,7 @@ def _memory_axis(ax, vm: dict, run: RunRecord) -> None:
         ax.legend(loc="upper left", fontsize=8)
 
 
-def timeline(case_dir: Path, run: RunRecord, out: Path) -> list[dict]:
+def timeline(case_dir: Path, run: RunRecord, out: Path) -> list[dict[str, Any]]:
     """Draw one case's timeline to `out`; returns the findings it marked ({"t", "source", "label"}; "t" None:
     listed under the plot, not drawn on the time axis)."""
     case_dir, out = Path(case_dir), Path(out)
@@ -265,7 +266,7 @@ def timeline(case_dir: Path, run: RunRecord, out: Path) -> list[dict]:
     return marks
 
 
-def run_plots(run_dir) -> list[Path]:
+def run_plots(run_dir: str | Path) -> list[Path]:
     """Every plot of a results folder, under RUN_DIR/plots/: one timeline per case that recorded something."""
     run_dir = Path(run_dir)
     path = run_dir / "run.json"
@@ -287,7 +288,7 @@ def mutant_kernels(m: MatrixRecord) -> list[str]:
     return list(dict.fromkeys(c.kernel for c in m.cells if c.kernel in mutants))
 
 
-def catch_points(m: MatrixRecord) -> tuple[list[dict], dict[str, int], list[str], list]:
+def catch_points(m: MatrixRecord) -> tuple[list[dict[str, Any]], dict[str, int], list[str], list[Any]]:
     """Pure: each catching run of a cell that declares a finding, as {kernel, seed, variant (index), t, run_dir};
     the runs per mutant that caught nothing; the variants (JSON) and seeds, in order."""
     kernels = mutant_kernels(m)
@@ -307,7 +308,7 @@ def catch_points(m: MatrixRecord) -> tuple[list[dict], dict[str, int], list[str]
     return points, missed, variants, seeds
 
 
-def time_to_first_finding(m: MatrixRecord, out: Path) -> list[dict]:
+def time_to_first_finding(m: MatrixRecord, out: Path) -> list[dict[str, Any]]:
     """Per mutant kernel (x), each run's first_finding_s (seconds from `harness run` start) as a point coloured
     by seed, shaped by the cell's knobs; a bar at each mutant's median; runs of cells that expect a finding but
     found nothing counted under the kernel's name.  Returns the points drawn."""

@@ -4,6 +4,7 @@ never a raw JSON blob."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -34,7 +35,7 @@ class RunProgress:
         self.phase_name = name
         self._refresh()
 
-    def ledger(self, ev: dict) -> None:
+    def ledger(self, ev: dict[str, Any]) -> None:
         kind = ev["ev"]
         if kind == "round":
             self.round = ev["round"]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness.errors import EXIT_FINDING, EXIT_PASS, InputError
 from harness.evidence import CaseEvidence
 from harness.oracles import judge as judge_mod
 
 
-def rejudge(run_dir: Path) -> dict:
+def rejudge(run_dir: Path) -> dict[str, Any]:
     """Judge a stored run again from its files alone; compare with what was recorded."""
     from harness.report.results import load_run_record
     run = load_run_record(run_dir)
