@@ -18,6 +18,9 @@
  * Usage: microvm --pages N --rounds R --seed S --backend anon|thp|memfd|file [--file PATH]
  *                --chor NAME[,NAME...] [--vcpus V] [--batch B] [--selftest K]      |  microvm --list
  * Exit: 0 every page good; 1 a bad page or a missing dirty-log entry; 2 bad arguments; 3 KVM/host failure.
+ * --selftest K: in round 1 the VMM puts the previous generation back on K just-written pages (K stale pages).
+ * Environment: MICROVM_CRC=sw makes the guest compute CRC32C from a table instead of the crc32 instruction (a
+ * KVM that emulates guest instructions, like a paravirtual L0, cannot emulate crc32).
  */
 #define _GNU_SOURCE
 #include <errno.h>
