@@ -98,7 +98,8 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
         key = make_run_key()
         # no_timer_check: under TCG on a saturated host the boot-time IO-APIC timer check can miss its ticks and
         # panic L1 ("IO-APIC + timer doesn't work!", seen at load 16): a check of the emulator, not of the kernel
-        cmdline = (f"console=ttyS0 loglevel=5 panic=-1 oops=panic no_timer_check zswap.enabled=0 transparent_hugepage={s.thp} "
+        cmdline = (f"console=ttyS0 loglevel=5 panic=-1 oops=panic no_timer_check zswap.enabled=0 "
+                   f"transparent_hugepage={s.thp} "
                    f"{key_cmdline_arg(key)} {s.l1.cmdline}").strip()
         spec = qemu.VMSpec(kdir / "bzImage", l1img.initramfs, cmdline, accel.qemu_args, s.l1.memory_mb,
                            s.l1.cpus, swap)
