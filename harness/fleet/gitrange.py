@@ -160,7 +160,8 @@ class Range:
         return art
 
 
-def run_commit(rng: Range, sha: str, scen_path: Path, overrides: list[str], root: Path) -> dict:
+def run_commit(rng: Range, sha: str, scen_path: Path, overrides: list[str], root: Path,
+               scen_ref: str | None = None) -> dict:
     """One judged run of one commit: {verdict: pass|finding|infra-error|skip, ...}.  A commit that does not
     build is `skip` (once: it would not build the second time either); any other failure is infra."""
     from harness.config import load_scenario
@@ -181,7 +182,8 @@ def run_commit(rng: Range, sha: str, scen_path: Path, overrides: list[str], root
     try:
         s = load_scenario(scen_path, overrides)
         meta = load_kernel_dir(art) | {"change": rng.change_of(sha)}   # this range's base, even on a cache hit
-        run = execute(s, meta, root / sha[:12], scen_path.read_text(), ["--kernel", str(art)], overrides)
+        run = execute(s, meta, root / sha[:12], scen_path.read_text(), ["--kernel", str(art)], overrides,
+                      extra={"scenario_ref": scen_ref or str(scen_path)})   # a finding's next commands name it
     except InputError:
         raise
     except InfraError as e:
@@ -292,7 +294,7 @@ def _prepare(repo: str, defconfig: str | None, base: str, scen_path: Path, overr
 
 
 def git_bisect(repo: str, good: str, bad: str | None, scen_path: Path, overrides: list[str], repeats: int,
-               defconfig: str | None, root: Path) -> dict:
+               defconfig: str | None, root: Path, scen_ref: str | None = None) -> dict:
     rng, overrides = _prepare(repo, defconfig, good, scen_path, overrides, repeats)
     good_sha, bad_sha = rng.sha(good), rng.sha(bad or "HEAD")
     if subprocess.run(["git", "-C", str(rng.repo), "merge-base", "--is-ancestor", good_sha, bad_sha], check=False).returncode:
@@ -315,7 +317,7 @@ def git_bisect(repo: str, good: str, bad: str | None, scen_path: Path, overrides
 
     def run_one(i: int) -> dict:
         _log(f"step {i}/{len(commits)}: {shas[i][:12]}")
-        rec = run_commit(rng, shas[i], scen_path, overrides, rd.path / "runs")
+        rec = run_commit(rng, shas[i], scen_path, overrides, rd.path / "runs", scen_ref)
         runs.append(dict(rec, upto=i))
         _log(f"step {i}: {shas[i][:12]} {rec['verdict']}")
         return rec
@@ -354,7 +356,7 @@ def check_summary(doc: dict) -> str:
 
 
 def git_check(repo: str, range_text: str, scen_path: Path, overrides: list[str], repeats: int,
-              defconfig: str | None, root: Path) -> dict:
+              defconfig: str | None, root: Path, scen_ref: str | None = None) -> dict:
     base, head = parse_range(range_text)
     rng, overrides = _prepare(repo, defconfig, base, scen_path, overrides, repeats)
     commits = change_mod.commits_between(rng.repo, rng.sha(base), rng.sha(head))
@@ -376,7 +378,7 @@ def git_check(repo: str, range_text: str, scen_path: Path, overrides: list[str],
         vs = verdicts.setdefault(i, [])
         while not vs or (vs[-1] != SKIP and step_state(vs, repeats) == MORE):
             _log(f"commit {i}/{len(commits)}: {c['sha'][:12]} {c['subject']}")
-            rec = run_commit(rng, c["sha"], scen_path, overrides, rd.path / "runs")
+            rec = run_commit(rng, c["sha"], scen_path, overrides, rd.path / "runs", scen_ref)
             vs.append(rec["verdict"])
             runs.append(dict(rec, index=i, sha=c["sha"]))
             d = doc()
@@ -390,12 +392,13 @@ def cli_git(args) -> int:
     scen = Path(args.scenario)
     overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
     root = Path(args.results) if args.results else results_root()
+    ref = getattr(args, "scenario_ref", None)        # the scenario as the user named it (harness.catalog)
     if args.cmd == "check":
-        d = git_check(args.git, args.range, scen, overrides, args.repeats, args.defconfig, root)
+        d = git_check(args.git, args.range, scen, overrides, args.repeats, args.defconfig, root, ref)
         sys.stdout.write(check_summary(d))
         print(f"check: {d['status']}  results: {d['path']}")
         return CHECK_EXIT.get(d["status"], EXIT_INFRA)
-    d = git_bisect(args.git, args.good, args.bad, scen, overrides, args.repeats, args.defconfig, root)
+    d = git_bisect(args.git, args.good, args.bad, scen, overrides, args.repeats, args.defconfig, root, ref)
     sys.stdout.write(bisect_summary(d))
     print(f"bisect: {d['status']}  results: {d['path']}")
     return STATUS_EXIT.get(d["status"], EXIT_INFRA)

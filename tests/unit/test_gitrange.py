@@ -116,7 +116,7 @@ def _fake_runs(monkeypatch, unbuildable: str | None = None):
     """run_commit judged by the commit's content (a finding when it carries the mutant)."""
     seen = []
 
-    def fake(rng, sha, scen, overrides, root):
+    def fake(rng, sha, scen, overrides, root, scen_ref=None):
         seen.append(sha)
         text = subprocess.run(["git", "-C", str(rng.repo), "show", f"{sha}:mmu.c"], check=False, capture_output=True,
                               text=True).stdout
