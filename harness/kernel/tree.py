@@ -160,6 +160,7 @@ def built_tree_kernel(tree: Path, change: dict, log=print) -> Path:
         if (tree / "System.map").is_file():
             shutil.copyfile(tree / "System.map", tmp / "System.map")
         meta = {"source": "tree", "release": release, "config_sha256": sha256_file(cfg), "tree": str(tree),
+                "base_config": {"kind": "tree .config", "name": ".config", "sha256": sha256_file(cfg)},
                 "built_by": "developer", "modules_decompressed": compressed, "change": change, "patches": []}
         return _finish(tmp, key, meta)
     except BaseException:

@@ -184,7 +184,8 @@ def tree_fields(meta: dict) -> dict:
     identity on every finding (without the diff itself: run.json's `change` embeds it once)."""
     change = meta["change"]
     tree = {"path": change.get("path"), "repo": change.get("repo"), "source": meta.get("source"),
-            "objtree": (meta.get("objtree") or {}).get("path"), "base_config": meta.get("base_config")}
+            "objtree": (meta.get("objtree") or {}).get("path") or meta.get("tree"),
+            "base_config": meta.get("base_config")}
     return {"tree": tree, "change": change}
 
 
