@@ -19,12 +19,15 @@ L1_PATH = "/run/kvmdelay.ko"  # where L0 writes the module in L1 (setup-host.sh'
 
 
 def objtree_of(meta: dict) -> Path:
-    """The object tree a harness-built kernel was built in (its meta.json); prebuilt kernels have none."""
-    obj = (meta.get("objtree") or {}).get("path")
-    if meta.get("source") != "build" or not obj:
-        raise InputError("delays need a kernel built by the harness (its object tree builds the delay module); "
-                         f"this kernel is {meta.get('source', 'unknown')!r} (Debian's prebuilt kernels would need "
-                         "their linux-headers package: not supported yet)")
+    """The object tree the kernel was built in (its meta.json): the harness's (KERNEL.yaml, --tree --build) or
+    the developer's own built tree (--tree); prebuilt kernels (Debian's, --kernel BZIMAGE) have none."""
+    source = meta.get("source")
+    obj = (meta.get("objtree") or {}).get("path") if source in ("build", "tree-build") else \
+        meta.get("tree") if source == "tree" else None
+    if not obj:
+        raise InputError("delays need a kernel with its object tree (harness build, --tree, --tree --build) to build "
+                         f"the delay module against; this kernel is {source or 'unknown'!r} (Debian's prebuilt "
+                         "kernels would need their linux-headers package: not supported yet)")
     return Path(obj)
 
 
@@ -45,7 +48,9 @@ def build_delay_module(kernel_dir: Path) -> Path:
     if not (objdir / "Module.symvers").exists():
         raise InfraError(f"object tree {objdir} has no Module.symvers: rebuild the kernel (harness build)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="kvmdelay-", dir=out.parent) as tmp, file_lock(_tree_lock(objdir)):
+    # the harness's shared object trees are rebuilt by other runs: hold the build's lock (a developer's tree: theirs)
+    lock = _tree_lock(objdir) if meta.get("source") == "build" else out.with_suffix(".lock")
+    with tempfile.TemporaryDirectory(prefix="kvmdelay-", dir=out.parent) as tmp, file_lock(lock):
         for src in SOURCES:
             shutil.copy2(src, Path(tmp) / src.name)
         p = subprocess.run(["make", "-s", "-C", str(objdir), f"M={tmp}", "modules"], capture_output=True,

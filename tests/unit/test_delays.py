@@ -57,8 +57,12 @@ def test_delay_counts_read_back(text, n, want):
 def test_module_needs_a_harness_built_kernel():
     with pytest.raises(InputError, match="linux-headers"):
         objtree_of({"source": "debian-package", "release": "7.2.13+deb14-amd64"})
+    with pytest.raises(InputError, match="'external'"):
+        objtree_of({"source": "external", "bzimage": "/x/bzImage"})
     assert str(objtree_of({"source": "build", "objtree": {"path": "/c/obj/debian-7.2-abc-0123"}})) == \
         "/c/obj/debian-7.2-abc-0123"
+    assert str(objtree_of({"source": "tree-build", "objtree": {"path": "/c/obj/tree-1"}})) == "/c/obj/tree-1"
+    assert str(objtree_of({"source": "tree", "tree": "/home/dev/linux"})) == "/home/dev/linux"
 
 
 def test_module_build_takes_the_kernel_builds_tree_lock():
