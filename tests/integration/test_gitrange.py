@@ -100,3 +100,7 @@ def test_tree_built_out_of_tree_with_an_uncommitted_mutant(repo, results_dir, tm
     import hashlib
     assert hashlib.sha256((work / "change.diff").read_bytes()).hexdigest() == ch["diff_sha256"]
     assert hashlib.sha256((work / "tree.config").read_bytes()).hexdigest() == run["kernel"]["config_sha256"]
+    # the reproducer's rebuild configures with that .config as it is (olddefconfig only): the same .config hash
+    from harness.kernel.treebuild import _olddefconfig
+    text = _olddefconfig(rng.clone, tmp_path / "staging", work / "tree.config", make_vars())
+    assert hashlib.sha256(text.encode()).hexdigest() == run["kernel"]["config_sha256"]
