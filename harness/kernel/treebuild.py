@@ -109,12 +109,13 @@ def base_config(tree: Path, src: Path, defconfig: str | None) -> tuple[Path, dic
     """(the starting config file, its description, the harness fragments): the tree's own .config, or a named
     defconfig of the tree (`minimal`: x86_64_defconfig + kconfigs/minimal-l1.config)."""
     frags = [REPO / "kconfigs" / n for n in HARNESS_FRAGMENTS]
+    asked = defconfig                 # as the user named it: `--defconfig minimal` again reproduces it
     if defconfig == "minimal":
         frags.append(REPO / "kconfigs" / MINIMAL_FRAGMENT)
         defconfig = "x86_64_defconfig"
     if defconfig:
         p = kconfig.find_defconfig(src, defconfig, lambda s: Path(os.path.expanduser(s)).resolve())
-        return p, {"kind": "defconfig", "name": defconfig, "sha256": sha256_file(p)}, frags
+        return p, {"kind": "defconfig", "name": asked, "file": p.name, "sha256": sha256_file(p)}, frags
     own = tree / ".config"
     if own.is_file():
         return own, {"kind": "tree .config", "name": ".config", "sha256": sha256_file(own)}, frags
