@@ -37,7 +37,7 @@ def qemus_under(path: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["run", "tests/fixtures/scenarios/absent.yaml"], "cannot read scenario"),
+    (["run", "tests/fixtures/scenarios/absent.yaml"], "absent.yaml: no such file"),
     (["run", "--set", "ledger.colour=red"], "unknown key 'ledger.colour'"),
     (["run", "--set", "swap.kind=floppy"], "key 'swap.kind'"),
     (["run", "--kernel", "/nonexistent/kernel"], "does not exist"),
