@@ -124,7 +124,7 @@ def _add_git_commands(sub) -> None:
     """A developer's commit range: bisect --git lives on the bisect parser; check --git here."""
     ch = sub.add_parser("check", help="build and judge every commit of a range, one row each (patchcheck)")
     ch.add_argument("range", metavar="BASE..HEAD", help="the commits after BASE up to HEAD, oldest first")
-    ch.add_argument("scenario", nargs="?", default=None, help="a scenario's name or YAML path (default: default)")
+    ch.add_argument("scenario", nargs="?", default=None, help="a scenario's name or YAML path (default: micro, the micro-guest: seconds a step)")
     ch.add_argument("--git", required=True, metavar="PATH", help="the developer's git tree (never written)")
     ch.add_argument("--defconfig", default=None, metavar="NAME",
                     help="start from this defconfig (minimal: the quickest) instead of PATH/.config")
@@ -165,7 +165,7 @@ def _add_scale_commands(sub) -> None:
     bi.add_argument("--bad", default=None, metavar="REF", help="with --git: a commit with it (default HEAD)")
     bi.add_argument("--defconfig", default=None, metavar="NAME",
                     help="with --git: start from this defconfig (minimal: the quickest) instead of PATH/.config")
-    bi.add_argument("scenario", nargs="?", default=None, help="a scenario's name or YAML path (default: default)")
+    bi.add_argument("scenario", nargs="?", default=None, help="a scenario's name or YAML path (default: micro, the micro-guest: seconds a step)")
     bi.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario knob")
     bi.add_argument("--repeats", type=_positive, default=3, help="clean runs that make a step good (default 3)")
     bi.add_argument("--seed", type=int, default=None)
@@ -203,7 +203,10 @@ def resolve_inputs(args) -> None:
     from harness.kernel.tree import fix_args
     fix_args(args)          # --tree PATH --build [SCENARIO], bisect --git's scenario, options that go together
     if args.cmd in ("run", "bisect", "check") and hasattr(args, "scenario"):
-        path, args.scenario_ref = catalog.resolve_kind(args.scenario, "scenario")
+        # A bisect or a range check judges many kernels, each maybe several times: the micro-guest's verdict takes
+        # seconds and catches every mutant the Linux L2 catches (docs/microguest.md), so it is their default.
+        default = "micro" if args.cmd in ("bisect", "check") else "default"
+        path, args.scenario_ref = catalog.resolve_kind(args.scenario, "scenario", default=default)
         args.scenario = str(path)
     if args.cmd in ("matrix", "lava-job"):
         path, _ = catalog.resolve_kind(args.matrix_yaml, "matrix")

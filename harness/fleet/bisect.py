@@ -356,7 +356,7 @@ def bisect(kernel_yaml: Path, scenario_path: Path, overrides: list[str], repeats
 
 def cli_bisect(args) -> int:
     from harness.paths import REPO, results_root
-    scen = Path(args.scenario) if args.scenario else REPO / "scenarios/default.yaml"
+    scen = Path(args.scenario) if args.scenario else REPO / "scenarios/micro.yaml"  # cli resolves it first
     overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
     doc = bisect(Path(args.kernel_yaml), scen, overrides, args.repeats,
                  Path(args.results) if args.results else results_root())
