@@ -4,6 +4,8 @@ pipeline: one default-scenario run (L1 boot, L2 boot, L1-ready → workload, led
 swap rates, wall time, harness overhead = wall − guest time); console: classifying a 10 MB log; trace: decoding
 and checking a synthetic trace; build (with --build): full / cache-hit / incremental kernel builds;
 minimal-config (with --build): the full-build time kconfigs/minimal-l1.config saves (harness.kernel.configbench);
+micro-vs-l2 (with --build): both guest modes side by side (clean runs, time to first finding per cached mutant, the ratio;
+bisect-micro-vs-l2, --only: a bisect with each; harness.fleet.bench_micro, docs/microguest.md);
 matrix-jobs (with --build): one matrix run with `--jobs 1` and with `--jobs 2` (wall time, per cell, the ratio,
 every cell's outcome, false positives): tests/fixtures/matrices/bench-jobs.yaml, or with --nightly the real
 nightly (scenarios/nightly.yaml and catch-time.yaml, ~30 min a pass).  docs/scale.md."""
@@ -201,7 +203,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m harness.fleet.bench")
     ap.add_argument("--only", choices=sorted(STAGES), action="append")
     ap.add_argument("--build", action="store_true",
-                    help="also run the slow benchmarks: kernel builds and the matrix --jobs 1 vs 2")
+                    help="also run the slow benchmarks: kernel builds, the matrix --jobs 1 vs 2, micro-guest vs Linux L2")
     ap.add_argument("--nightly", action="store_true",
                     help="matrix-jobs: time the real nightly (nightly.yaml, catch-time.yaml; ~30 min a pass) "
                          "instead of tests/fixtures/matrices/bench-jobs.yaml")
@@ -209,7 +211,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="matrix-jobs: time this matrix instead (may repeat)")
     ap.add_argument("--jobs", default="1,2", metavar="N,M",
                     help="matrix-jobs: the --jobs values to compare (default 1,2)")
+    from harness.fleet.bench_micro import add_arguments
+    add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.bisect_repeats < 1:
+        ap.error("--bisect-repeats must be >= 1")
     try:
         args.jobs = tuple(int(j) for j in args.jobs.split(","))
     except ValueError:
@@ -243,20 +249,33 @@ def _stage_matrix_jobs(root: Path, args) -> dict:
     return bench_matrix_jobs(root, mats, args.jobs)
 
 
+def _stage_micro_vs_l2(root: Path, args) -> dict:
+    from harness.fleet.bench_micro import stage_micro_vs_l2
+    return stage_micro_vs_l2(root, args)
+
+
+def _stage_bisect_micro_vs_l2(root: Path, args) -> dict:
+    from harness.fleet.bench_micro import stage_bisect_micro_vs_l2
+    return stage_bisect_micro_vs_l2(root, args)
+
+
 STAGES = {"console": _stage_console, "trace": _stage_trace, "pipeline": lambda root, args: bench_pipeline(root),
-          "build": _stage_build, "minimal-config": _stage_minimal_config, "matrix-jobs": _stage_matrix_jobs}
+          "build": _stage_build, "minimal-config": _stage_minimal_config, "matrix-jobs": _stage_matrix_jobs,
+          "micro-vs-l2": _stage_micro_vs_l2, "bisect-micro-vs-l2": _stage_bisect_micro_vs_l2}  # the last: --only
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    stages = args.only or ["console", "trace", "pipeline"] + (["build", "minimal-config", "matrix-jobs"] if args.build else [])
+    stages = args.only or ["console", "trace", "pipeline"] + (
+        ["build", "minimal-config", "matrix-jobs", "micro-vs-l2"] if args.build else [])
     root = results_root()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rc = 0
     for st in stages:
         res = STAGES[st](root, args)
         write_json(root / f"bench-{st}-{stamp}.json", res)
-        print(f"bench {st}: {matrix_jobs_text(res) if 'matrices' in res else res}")
+        text = matrix_jobs_text(res) if "matrices" in res else "\n  ".join([""] + res["summary"]) if "summary" in res else res
+        print(f"bench {st}: {text}")
         if res.get("ok") is False:  # a measurement that broke its own target (a false positive, a mismatch)
             rc = 1
     return rc

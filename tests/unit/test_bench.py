@@ -98,7 +98,7 @@ def test_build_flag_adds_the_slow_stages(bench_env, monkeypatch):
     assert ran == ["console", "trace", "pipeline"]
     ran.clear()
     B.main(["--build"])
-    assert ran == ["console", "trace", "pipeline", "build", "minimal-config", "matrix-jobs"]
+    assert ran == ["console", "trace", "pipeline", "build", "minimal-config", "matrix-jobs", "micro-vs-l2"]
 
 
 def test_bad_jobs_list_is_an_argument_error():
