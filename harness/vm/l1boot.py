@@ -13,14 +13,17 @@ from harness.errors import InfraError
 from harness.vm import qemu
 from harness.vm.accel import Accel
 
-# QEMU 7.2 multi-threaded TCG: a rare L1 boot crash while the kernel patches its own text (feasibility notes).
-TCG_BOOT_FLAKE = ("Oops: int3", "sched_clock_cpu")
+# QEMU 7.2 multi-threaded TCG: a rare L1 boot crash while the kernel patches its own text (feasibility notes): a
+# CPU runs into the int3 that text_poke_bp() leaves at the site for a moment.  The site varies with what is being
+# patched (sched_clock_cpu, sched_clock_idle_wakeup_event were seen with -smp 2: docs/races.md), so the marker is
+# the int3 oops itself, before L1 is ready: nothing of the kernel under test's KVM has run by then.
+TCG_BOOT_FLAKE = ("Oops: int3",)
 L1_READY = "HARNESS-L1: ready"   # printed by the L1 image's init once SSH listens
 FIRST_ATTEMPT_CONSOLE = "l1-console.attempt1.log"
 
 
 def is_tcg_boot_flake(console: str) -> bool:
-    """Pure: does a failed boot's console carry the TCG int3 flake's signature (both markers)?"""
+    """Pure: does a failed boot's console carry the TCG int3 flake's signature?"""
     return all(m in console for m in TCG_BOOT_FLAKE)
 
 
