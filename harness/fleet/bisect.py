@@ -286,7 +286,12 @@ def summary(doc: dict) -> str:
         rs = " ".join(r["verdict"] + (f"@{r['first_finding_s']:.1f}s" if r.get("first_finding_s") else "")
                       for r in s["runs"])
         L.append(f"  upto={s['upto']:<3} {s['verdict']:<5} {what}   runs: {rs}")
-    c = doc.get("confidence", {})
+    return "\n".join(L + confidence_lines(doc)) + "\n"
+
+
+def confidence_lines(doc: dict) -> list[str]:
+    """The reproduction rate, the confidence and the cost of a bisection (a series' or a commit range's)."""
+    L, c = [], doc.get("confidence") or {}
     if doc.get("reproduction_rate") is not None:
         biased = c.get("stopping_rate")
         L.append(f"reproduction rate p = {doc['reproduction_rate']:.3f} ({c.get('catching_runs')} catching of "
@@ -298,7 +303,7 @@ def summary(doc: dict) -> str:
     elif c.get("why"):
         L.append(f"confidence: n/a ({c['why']})")
     L.append(f"runs {doc['runs_total']}, elapsed {doc['elapsed_s']:.0f} s")
-    return "\n".join(L) + "\n"
+    return L
 
 
 def write_outputs(bdir: Path, doc: dict) -> None:

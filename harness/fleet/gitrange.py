@@ -35,6 +35,7 @@ from harness.fleet.bisect import (
     MORE,
     SKIP,
     STATUS_EXIT,
+    confidence_lines,
     drive,
     step_state,
 )
@@ -254,15 +255,7 @@ def bisect_summary(doc: dict) -> str:
         L.append(f"  {s['index']:>3} {s['state']:<5} {what}   runs: {_runs_text(s['runs'])}")
     for c in doc.get("skipped") or []:
         L.append(f"skipped (does not build): {c['sha'][:12]} {c['subject']}")
-    c = doc.get("confidence") or {}
-    if doc.get("reproduction_rate") is not None:
-        L.append(f"reproduction rate p = {doc['reproduction_rate']:.3f} ({c.get('catching_runs')} catching of "
-                 f"{c.get('runs_at_bad_steps')} runs at bad commits); confidence {c.get('confidence'):.4f} "
-                 f"(lower bound {c.get('confidence_lower_bound'):.4f})")
-    elif c.get("why"):
-        L.append(f"confidence: n/a ({c['why']})")
-    L.append(f"runs {doc['runs_total']}, elapsed {doc['elapsed_s']:.0f} s")
-    return "\n".join(L) + "\n"
+    return "\n".join(L + confidence_lines(doc)) + "\n"
 
 
 def _mirror_git_bisect(rng: Range, doc: dict) -> str:
