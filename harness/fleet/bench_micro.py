@@ -333,4 +333,14 @@ def stage_bisect_micro_vs_l2(root: Path, args) -> dict:
         return res | {"skipped": "; ".join(missing), "ok": None}
     pair = bisect_pair(harness_bisect("micro", ky, MICRO_SCENARIO, [], repeats, out / "micro"),
                        harness_bisect("l2", ky, L2_SCENARIO, l2_sets, repeats, out / "l2"))
-    return res | pair | {"load_at_end": _load(), "ok": pair["micro"].get("status") == "first-bad"}
+    res = res | pair | {"load_at_end": _load(), "ok": pair["micro"].get("status") == "first-bad"}
+    return res | {"summary": bisect_lines(res)}
+
+
+def bisect_lines(res: dict) -> list[str]:
+    def one(r: dict) -> str:
+        fb = r.get("first_bad") or {}
+        return (f"{r.get('status') or r.get('error')} in {r.get('wall_s')} s, {len(r.get('steps') or [])} steps"
+                + (f", first bad patch {fb.get('index')}: {fb.get('subject')}" if fb else ""))
+    return [f"micro-guest bisect: {one(res['micro'])}", f"Linux L2 bisect ({' '.join(res['l2_set'])}): "
+            f"{one(res['l2'])}", f"ratio {res['ratio_wall']}, same first bad patch: {res['same_first_bad']}"]

@@ -103,6 +103,9 @@ def test_bisect_records_from_recorded_bisect_json():
     other = dict(s, wall_s=380.0)
     pair = BM.bisect_pair(s, other)
     assert pair["ratio_wall"] == 4.0 and pair["same_first_bad"] is True
+    lines = BM.bisect_lines(pair | {"l2_set": ["ledger.rounds=4"]})
+    assert lines[0].startswith("micro-guest bisect: first-bad in 95.0 s, 3 steps, first bad patch 2: MUTANT")
+    assert lines[2] == "ratio 4.0, same first bad patch: True"
     pair = BM.bisect_pair(s, BM.failed_run(10.0, 2, "no bisect.json", LOAD0, LOAD1))
     assert pair["ratio_wall"] is None and pair["same_first_bad"] is False
 
