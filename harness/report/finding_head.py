@@ -65,11 +65,14 @@ def _lost_lines(findings: list[Finding]) -> list[str]:
     first = min((p for f in ledger for p in _own(f, "pages", [])[:1]), key=lambda p: p.get("round", 0), default=None)
     text = f"lost     {counts} page(s)"
     if first and isinstance(first.get("gfn"), int):
-        text += f"; first: L2 gfn {first['gfn']:#x} (ledger index {first.get('index')}, generation " \
-                f"{first.get('found')} read back, {first.get('expected')} written)"
+        micro = "chor" in first  # the micro-guest's VMM names the choreography, its step and the L1 pfn itself
+        text += f"; first: {'gfn' if micro else 'L2 gfn'} {first['gfn']:#x} (ledger index {first.get('index')}, " \
+                f"generation {first.get('found')} read back, {first.get('expected')} written)"
         tl = next((f for f in findings if f.kind == "ledger-timeline" and _own(f, "gfn") == first["gfn"]), None)
         if tl and _own(tl, "pfn") is not None:  # the trace's story of that page: "L1 pfn 0x..: ..., freed"
             text += " in " + tl.title.split(": ", 1)[-1].split(" (rules ")[0]
+        elif micro and isinstance(first.get("pfn"), int):
+            text += f" in L1 pfn {first['pfn']:#x}, {first['chor']} step {first.get('step')}"
     return [text]
 
 

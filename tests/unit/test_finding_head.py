@@ -140,3 +140,14 @@ def test_a_micro_guest_dirty_log_finding_says_what_was_lost():
     assert ("lost     3 written page(s) missing from KVM's dirty log; first: gfn 0x1234 (write-pageout-read-write, "
             "round 2)") in top
     assert "details  below; every step of the VMM: results/R/cases/*/micro-steps.jsonl" in top
+
+
+def test_a_micro_guest_lost_page_names_its_l1_pfn_choreography_and_step_without_a_trace():
+    run = load("mutant-a")
+    page = {"index": 0, "gfn": 0x100000, "expected": 2, "found": 1, "round": 1, "chor": "write-pageout-read-write",
+            "step": "verify-after-pageout", "pfn": 0x67f3f}
+    run["findings"] = [{"oracle": "ledger", "layer": "L2", "kind": "stale", "count": 2560,
+                        "title": "2560 lost write: stale page (older generation, valid CRC)", "pages": [page]}]
+    top = head(summary_text(R(run), "results/R"))
+    assert ("lost     2560 stale page(s); first: gfn 0x100000 (ledger index 0, generation 1 read back, 2 written) "
+            "in L1 pfn 0x67f3f, write-pageout-read-write step verify-after-pageout") in top
