@@ -31,11 +31,16 @@ MICRO_SCENARIO = "scenarios/micro.yaml"
 L2_SCENARIO = "scenarios/default.yaml"
 # the Linux L2's clean run takes ~15 s a ledger round under TCG here: 4 rounds keep the stage near 10 minutes
 L2_DEFAULT_SET = ("ledger.rounds=4",)
-# (name, KERNEL.yaml, --set overrides that make it observable: mutant b breaks the shadow MMU only)
-MUTANTS = (("mutant-a", "kernels/mutant-a.yaml", ()), ("mutant-b", "kernels/mutant-b.yaml", ("tdp_mmu=false",)),
-           ("mutant-c", "kernels/mutant-c.yaml", ()), ("mutant-d", "kernels/mutant-d.yaml", ()),
-           ("mutant-e", "kernels/mutant-e.yaml", ()), ("mutant-7.2-a", "kernels/mutant-7.2-a.yaml", ()),
-           ("mutant-7.2-b", "kernels/mutant-7.2-b.yaml", ()), ("mutant-7.2-c", "kernels/mutant-7.2-c.yaml", ()))
+# (name, KERNEL.yaml, the micro-guest's --set, the Linux L2's extra --set): the overrides that make each mutant
+# observable, as the proof matrices have them (scenarios/micro-proof-*.yaml, nightly-7.2.yaml): the prefetch
+# mutants break the shadow MMU only (the TDP MMU never prefetches), and the Linux L2 needs L1's QEMU reading the
+# ledger's pages for its O_DIRECT disk writes (dma_frac) to stage 7.2-b's window
+SHADOW = ("tdp_mmu=false",)
+MUTANTS = (("mutant-a", "kernels/mutant-a.yaml", (), ()), ("mutant-b", "kernels/mutant-b.yaml", SHADOW, SHADOW),
+           ("mutant-c", "kernels/mutant-c.yaml", (), ()), ("mutant-d", "kernels/mutant-d.yaml", (), ()),
+           ("mutant-e", "kernels/mutant-e.yaml", (), ()), ("mutant-7.2-a", "kernels/mutant-7.2-a.yaml", (), ()),
+           ("mutant-7.2-b", "kernels/mutant-7.2-b.yaml", SHADOW, SHADOW + ("ledger.dma_frac=0.25",)),
+           ("mutant-7.2-c", "kernels/mutant-7.2-c.yaml", (), ()))
 QUICK_L2_MUTANTS = 1  # --quick: the Linux L2 on the first mutant only (the micro-guest still on all of them)
 RUN_TIMEOUT_S = 1500
 BISECT_TIMEOUT_S = 3600
@@ -45,6 +50,8 @@ ONELINE = REPO / "tests/fixtures/patches/tdp-oneline/0001-KVM-x86-mmu-add-a-comm
 def add_arguments(ap) -> None:
     ap.add_argument("--quick", action="store_true",
                     help="micro-vs-l2: the Linux L2 on one mutant only (the micro-guest on every cached mutant)")
+    ap.add_argument("--mutant", action="append", choices=[m[0] for m in MUTANTS], default=None,
+                    help="micro-vs-l2: only this mutant (may repeat; default: every cached one)")
     ap.add_argument("--l2-set", action="append", default=None, metavar="KEY=VALUE",
                     help=f"micro-vs-l2, bisect-micro-vs-l2: the Linux L2's overrides (default {' '.join(L2_DEFAULT_SET)})")
     ap.add_argument("--bisect-repeats", type=int, default=1, metavar="N",
@@ -264,7 +271,10 @@ def stage_micro_vs_l2(root: Path, args) -> dict:
                               harness_run("clean-l2", L2_SCENARIO, None, l2_sets, out))
     res["mutants"] = {}
     l2_done = 0
-    for name, ky, sets in MUTANTS:
+    chosen = getattr(args, "mutant", None)
+    for name, ky, sets, l2_extra in MUTANTS:
+        if chosen and name not in chosen:
+            continue
         why = kernel_in_cache(ky)
         if why:
             res["mutants"][name] = skipped(why)
@@ -273,7 +283,8 @@ def stage_micro_vs_l2(root: Path, args) -> dict:
         if quick and l2_done >= QUICK_L2_MUTANTS:
             l2 = skipped("--quick: the Linux L2 runs on the first mutant only")
         else:
-            l2 = harness_run(f"{name}-l2", L2_SCENARIO, ky, l2_sets + list(sets) + ["stop_on_first_finding=true"], out)
+            l2 = harness_run(f"{name}-l2", L2_SCENARIO, ky, l2_sets + list(l2_extra) + ["stop_on_first_finding=true"],
+                             out)
             l2_done += 1
         res["mutants"][name] = mutant_row(micro, l2)
     res["load_at_end"] = _load()

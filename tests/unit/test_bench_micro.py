@@ -167,7 +167,7 @@ def test_quick_stage_runs_the_l2_on_one_mutant_and_skips_what_is_not_cached(tmp_
     monkeypatch.setattr(BM, "harness_run", fake_run)
     monkeypatch.setattr(BM, "_load", lambda: LOAD0)
     monkeypatch.setattr(BM, "kernel_in_cache", lambda ky, upto=None: "not in the kernel cache" if "7.2" in ky else None)
-    res = BM.stage_micro_vs_l2(tmp_path, Namespace(quick=True, l2_set=None))
+    res = BM.stage_micro_vs_l2(tmp_path, Namespace(quick=True, l2_set=None, mutant=None))
     l2_runs = [c for c in calls if c[0].endswith("-l2") and c[2]]
     assert l2_runs == [("mutant-a-l2", BM.L2_SCENARIO, "kernels/mutant-a.yaml",
                         ("ledger.rounds=4", "stop_on_first_finding=true"))]
@@ -179,6 +179,20 @@ def test_quick_stage_runs_the_l2_on_one_mutant_and_skips_what_is_not_cached(tmp_
     assert any(line.startswith("mutant-7.2-a: skipped") for line in res["summary"])
     # every L2 override given is recorded and used
     calls.clear()
-    res = BM.stage_micro_vs_l2(tmp_path, Namespace(quick=False, l2_set=["ledger.rounds=2"]))
+    res = BM.stage_micro_vs_l2(tmp_path, Namespace(quick=False, l2_set=["ledger.rounds=2"], mutant=None))
     assert res["l2_set"] == ["ledger.rounds=2"] and ("clean-l2", BM.L2_SCENARIO, None, ("ledger.rounds=2",)) in calls
     assert len([c for c in calls if c[0].endswith("-l2") and c[2]]) == 5
+
+
+def test_mutants_carry_the_overrides_that_make_them_observable(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(BM, "harness_run", lambda label, scen, build, sets, out: calls.append((label, tuple(sets)))
+                        or {"verdict": "pass" if build is None else "finding"})
+    monkeypatch.setattr(BM, "_load", lambda: LOAD0)
+    monkeypatch.setattr(BM, "kernel_in_cache", lambda ky, upto=None: None)
+    res = BM.stage_micro_vs_l2(tmp_path, Namespace(quick=False, l2_set=None, mutant=["mutant-7.2-b", "mutant-b"]))
+    assert list(res["mutants"]) == ["mutant-b", "mutant-7.2-b"]
+    assert ("mutant-7.2-b-micro", ("tdp_mmu=false",)) in calls
+    assert ("mutant-7.2-b-l2", ("ledger.rounds=4", "tdp_mmu=false", "ledger.dma_frac=0.25",
+                                "stop_on_first_finding=true")) in calls
+    assert ("mutant-b-l2", ("ledger.rounds=4", "tdp_mmu=false", "stop_on_first_finding=true")) in calls
