@@ -9,7 +9,7 @@ from tests.conftest import REPO
 def test_shipped_matrices_load_and_every_variant_is_a_valid_scenario():
     from harness.config import load_scenario
     for name in ("nightly.yaml", "hardware.yaml", "quick-matrix.yaml", "catch-time.yaml", "nightly-7.2.yaml",
-                 "nightly-debug.yaml"):
+                 "nightly-debug.yaml", "micro-matrix.yaml", "micro-proof-6.12.yaml", "micro-proof-7.2.yaml"):
         m = load_matrix(REPO / "scenarios" / name)
         cells = expand(m)
         assert cells and {c.expect for c in cells} <= {"clean", "finding"}

@@ -10,7 +10,8 @@ from harness.errors import InputError
 from tests.conftest import REPO
 
 SHIPPED = ("nightly.yaml", "hardware.yaml", "quick-matrix.yaml", "catch-time.yaml", "false-positives.yaml",
-           "false-positives-thp.yaml", "nightly-7.2.yaml", "nightly-debug.yaml")
+           "false-positives-thp.yaml", "nightly-7.2.yaml", "nightly-debug.yaml",
+           "micro-matrix.yaml", "micro-proof-6.12.yaml", "micro-proof-7.2.yaml")
 LABELLED = """name: labelled
 scenario: s.yaml
 kernels: {a: {prebuilt: true}}
