@@ -204,6 +204,8 @@ def _child(argv: list[str], log: Path, timeout_s: int) -> tuple[int, bytes, floa
     t0 = time.monotonic()
     p = subprocess.Popen(argv, cwd=REPO, env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, start_new_session=True)
+    assert p.stdout is not None and p.stderr is not None  # both are pipes
+    stdout, stderr = p.stdout, p.stderr
     first_bad: list[float] = []
     timed_out = threading.Event()
 
@@ -213,7 +215,7 @@ def _child(argv: list[str], log: Path, timeout_s: int) -> tuple[int, bytes, floa
 
     def pump() -> None:
         with open(log, "wb") as f:
-            for line in p.stderr:
+            for line in stderr:
                 f.write(line)
                 if not first_bad and BAD_PAGE_MARK in line:
                     first_bad.append(round(time.monotonic() - t0, 1))
@@ -222,12 +224,12 @@ def _child(argv: list[str], log: Path, timeout_s: int) -> tuple[int, bytes, floa
     killer = threading.Timer(timeout_s, kill)
     killer.start()
     try:
-        out = p.stdout.read()
+        out = stdout.read()
         rc = p.wait()
     finally:
         killer.cancel()
     reader.join(5)
-    return (-9 if timed_out.is_set() else rc), out, (first_bad or [None])[0]
+    return (-9 if timed_out.is_set() else rc), out, (first_bad[0] if first_bad else None)
 
 
 def harness_run(label: str, scenario: str, build: str | None, sets: list[str], out: Path) -> dict:
