@@ -1,6 +1,7 @@
 """`harness bisect` on a real 2-patch series: a harmless one-line comment (tests/fixtures/patches/tdp-oneline),
 then mutant a (patches/mutants/a-*: the TDP MMU's zap-time dirty mark removed). The base and the first patch
-must pass, the full stack must lose writes, and the bisection must name mutant a. Then the bad step's run is
+must pass, the full stack must lose writes, and the bisection must name mutant a (on bisect's default scenario, the
+micro-guest). Then the bad step's run is
 reproduced from its one-file reproducer, in an empty folder: same kernel key, .config checked, a finding again.
 Each stack is an incremental build on the cached object tree (base, +comment, +comment+mutant)."""
 import json
@@ -52,9 +53,12 @@ def test_bisect_names_mutant_a_and_its_step_reproduces_from_reproduce_sh(tmp_pat
     assert [(s["upto"], s["verdict"]) for s in doc["steps"]] == [(0, "good"), (2, "bad"), (1, "good")]
     assert doc["reproduction_rate"] == 1.0 and doc["confidence"]["confidence"] == 1.0
     assert f"FIRST BAD PATCH 2/2: {subject}" in (bdir / "summary.txt").read_text()
+    # one run a step with --repeats 1, and at the first bad step one confirmation run more: the rate comes from it
+    assert [len(s["runs"]) for s in doc["steps"]] == [1, 2, 1]
+    assert doc["confidence"]["runs_at_bad_steps"] == 1 and doc["confidence"]["catching_runs"] == 1
     for s in doc["steps"]:
-        (r,) = s["runs"]
-        assert (bdir / r["run_dir"] / "run.json").is_file() and r["run_dir"].startswith(f"runs/upto-{s['upto']}/")
+        for r in s["runs"]:
+            assert (bdir / r["run_dir"] / "run.json").is_file() and r["run_dir"].startswith(f"runs/upto-{s['upto']}/")
     bad = doc["steps"][1]["runs"][0]
     assert bad["verdict"] == "finding" and bad["first_finding_s"] > 0
 
