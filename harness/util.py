@@ -139,3 +139,11 @@ def decompressed(path: Path) -> bytes:
                              f"{r.stderr.decode(errors='replace').strip() or 'not installed?'})")
         return r.stdout
     return path.read_bytes()
+
+
+def host_load() -> dict[str, object]:
+    """What else the machine is doing: a figure measured next to other QEMUs is slower, and says so."""
+    import psutil
+    qemus = sum(1 for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("qemu-system"))
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "qemu_processes": qemus,
+            "mem_available_mib": psutil.virtual_memory().available >> 20}

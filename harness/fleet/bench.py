@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.config import load_scenario
 from harness.kernel.prebuilt import ensure_prebuilt_kernel, load_kernel_dir
 from harness.paths import REPO, results_root
-from harness.util import write_json
+from harness.util import host_load, write_json
 
 
 def bench_pipeline(root: Path) -> dict:
@@ -93,14 +93,6 @@ def bench_console(size_mb: float = 10) -> dict:
 MATRIX_JOBS_FIXTURE = REPO / "tests/fixtures/matrices/bench-jobs.yaml"
 NIGHTLY_MATRICES = tuple(REPO / "scenarios" / m for m in
                          ("nightly.yaml", "catch-time.yaml", "nightly-7.2.yaml", "nightly-debug.yaml"))
-
-
-def host_load() -> dict:
-    """What else the machine is doing: a pass measured next to other QEMUs is slower, and says so."""
-    import psutil
-    qemus = sum(1 for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("qemu-system"))
-    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "qemu_processes": qemus,
-            "mem_available_mib": psutil.virtual_memory().available >> 20}
 
 
 def prepare_matrix(mpath: Path) -> dict:

@@ -178,7 +178,7 @@ def _env() -> dict:
 
 
 def _load() -> dict:
-    from harness.fleet.bench import host_load
+    from harness.util import host_load
     return host_load()
 
 
