@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.errors import EXIT_FINDING, EXIT_INFRA, EXIT_INPUT, EXIT_PASS
 from harness.evidence import Finding
+from harness.oracles.judge import VACUOUS_BY_DESIGN
 from harness.report.finding_head import head_lines
 from harness.report.junit import run_junit
 from harness.report.ktap import write_run_ktap
@@ -70,7 +71,7 @@ def summary_text(run: RunRecord, run_dir: str | Path | None = None) -> str:
     lg = run.ledger
     L.append(f"ledger   pages={lg.pages} rounds={lg.rounds_done}/{lg.rounds} verified={lg.pages_verified} "
              f"stale={lg.stale} zero={lg.zero} corrupt={lg.corrupt}")
-    L += _trace_lines(run.trace)
+    L += _trace_lines(run.trace, str(run.scenario.get("guest") or "linux"))
     t = run.timings.model_dump(exclude_unset=True)
     L.append("timings  " + " ".join(f"{k}={v:.1f}" for k, v in t.items() if isinstance(v, (int, float))))
     L += [f"infra    {ev}" for ev in run.infra_events]
@@ -79,13 +80,17 @@ def summary_text(run: RunRecord, run_dir: str | Path | None = None) -> str:
     return "\n".join(L) + "\n"
 
 
-def _trace_lines(tr: dict[str, Any]) -> list[str]:
+def _trace_lines(tr: dict[str, Any], guest: str = "linux") -> list[str]:
     """The trace's totals and each rule: how many events it checked, or why it did not run (or ran vacuously)."""
     if not tr.get("rules"):
         return []
+    by_design = VACUOUS_BY_DESIGN.get(guest, ())
     out = [f"trace    events={tr.get('events')} lost={tr.get('lost_events')} ruleset={tr.get('ruleset')}"]
     for name, r in tr["rules"].items():
-        state = (f"VACUOUS: checked 0 events ({r.get('why', '')})" if r.get("ran") and not r.get("events_checked")
+        empty = r.get("ran") and not r.get("events_checked")
+        state = (f"checked 0 events: none exist on the {guest} guest of a correct kernel (docs/microguest.md)"
+                 if empty and name in by_design else
+                 f"VACUOUS: checked 0 events ({r.get('why', '')})" if empty
                  else f"checked {r.get('events_checked')} events, {r.get('violations')} violations"
                  if r.get("ran") else f"NOT RUN ({r.get('why', '')})")
         out.append(f"  {name}     {state}")

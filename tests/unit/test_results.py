@@ -86,3 +86,14 @@ def test_reproduce_script_carries_seed_overrides_and_kernel():
     assert "--set seed=3" not in sh
 
 
+
+
+def test_a_rule_empty_by_design_on_the_micro_guest_is_not_called_vacuous():
+    from harness.report.results import _trace_lines
+    tr = {"events": 10, "lost_events": 0, "ruleset": "create-time",
+          "rules": {"R1": {"ran": True, "events_checked": 5, "violations": 0},
+                    "R4": {"ran": True, "events_checked": 0, "violations": 0, "why": "no dirty zap reached reclaim"}}}
+    micro, linux = _trace_lines(tr, "micro"), _trace_lines(tr, "linux")
+    assert "  R4     checked 0 events: none exist on the micro guest of a correct kernel (docs/microguest.md)" in micro
+    assert "  R4     VACUOUS: checked 0 events (no dirty zap reached reclaim)" in linux
+    assert "  R1     checked 5 events, 0 violations" in micro and "  R1     checked 5 events, 0 violations" in linux
