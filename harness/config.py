@@ -93,6 +93,8 @@ class MicroKnobs(Strict):
     vcpus: int = Field(1, ge=1, le=8)
     batch: int = Field(256, ge=1)
     selftest_pages: int = Field(0, ge=0)  # >0: the VMM restores this many pages to an old copy (proves the oracle)
+    # race-pageout: how long, per batch, the pager pages out and reclaims while the vCPU spins (milliseconds)
+    race_ms: int = Field(1000, ge=1, le=600000)
 
     @model_validator(mode="after")
     def _names(self):

@@ -146,6 +146,7 @@ class MicroTotals(BaseModel):
     counters: dict[str, Any] | None = None  # the VMM's last "counters" line
     steps: int = 0
     dirty_log_missing: int = 0
+    race: dict[str, Any] | None = None  # the concurrent choreography's exposure (harness.oracles.micro.race_totals)
 
 
 class LedgerTotals(BaseModel):

@@ -6,7 +6,8 @@ set -e
 [ $# -eq 1 ] || { echo "usage: build.sh OUTPUT" >&2; exit 2; }
 out=$1
 src=$(cd "$(dirname "$0")" && pwd)
-gcc -static -O2 -Wall -o "$out" "$src/microvm.c" "$src/kvm.c" "$src/host.c" "$src/chor.c" "$src/guest.c"
+gcc -static -O2 -Wall -pthread -o "$out" "$src/microvm.c" "$src/kvm.c" "$src/host.c" "$src/chor.c" "$src/race.c" \
+    "$src/guest.c"
 command -v objdump >/dev/null || exit 0  # the check needs binutils; the build itself does not
 set -- $(objdump -h "$out" | awk '$2 == "guest_text" { print $3, $4 }')
 [ $# -eq 2 ] || { echo "build.sh: no guest_text section in $out" >&2; exit 1; }

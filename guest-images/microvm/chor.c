@@ -206,6 +206,9 @@ const struct chor CHORS[] = {
 	{"ksm-then-write", "identical pages merged by ksmd (one read-only pfn), read by the guest (read-only "
 	 "SPTE), written (COW break), page out, read after swap-out, write, page out, verify (needs ksm on)",
 	 chor_ksm, 1, B_ANON, 0},
+	{"race-pageout", "the vCPU rewrites the batch sweep after sweep on L1 CPU 0 while a pager thread on L1 CPU 1 "
+	 "pages it out and reclaims (race.c); host view then guest view against the last completed sweep",
+	 chor_race_pageout, 1, -1, 0},
 };
 const int NCHORS = sizeof(CHORS) / sizeof(CHORS[0]);
 

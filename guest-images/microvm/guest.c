@@ -117,11 +117,35 @@ GUEST_FN static void guest_command(struct mailbox *mb)
 	mb->done++;
 }
 
+/* OP_SPIN: sweep after sweep over the entries' pages with no exit in between (the VMM pages them out from
+ * another L1 CPU meanwhile).  Sweep s writes generation gen + s; `published` = the last sweep completed, so
+ * when the guest returns every page must hold gen + published, in the host's copy as through the SPTEs. */
+GUEST_FN static void guest_spin(struct mailbox *mb)
+{
+	struct entry *e = (struct entry *)mb->entries;
+	const uint32_t *t = (const uint32_t *)mb->crc_table;
+	volatile uint64_t *stop = &mb->stop, *published = &mb->published;
+	for (uint64_t s = 1;; s++) {
+		for (uint64_t k = 0; k < mb->n; k++) {
+			uint8_t *p = (uint8_t *)(mb->data_gpa + e[k].index * PAGE);
+			page_write(p, e[k].index, e[k].gen + s, mb->seed, (uint64_t)p / PAGE, mb->hw_crc, t);
+		}
+		*published = s;
+		if (*stop || s >= mb->max_sweeps)
+			break;
+	}
+	mb->bad = 0;
+	mb->done++;
+}
+
 /* Entry point (RDI = this vCPU's mailbox): announce readiness, then one command per `out`. */
 GUEST_FN __attribute__((used, noinline)) void guest_main(struct mailbox *mb)
 {
 	for (;;) {
 		guest_done();
-		guest_command(mb);
+		if (mb->op == OP_SPIN)
+			guest_spin(mb);
+		else
+			guest_command(mb);
 	}
 }

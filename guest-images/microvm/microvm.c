@@ -11,13 +11,14 @@
  * round, done) and "@@MICRO " lines (step, dirtylog, counters), one JSON object per line on stdout.
  *
  * Build (one gcc call; build.sh does exactly this and then checks the guest code is self-contained):
- *     gcc -static -O2 -Wall -o microvm microvm.c kvm.c host.c chor.c guest.c
+ *     gcc -static -O2 -Wall -pthread -o microvm microvm.c kvm.c host.c chor.c race.c guest.c
  * The guest code needs no special flags: guest.c's functions carry their own attributes (section guest_text,
  * general-regs-only, no stack protector, no jump tables, no memset calls).
  *
  * Usage: microvm --pages N --rounds R --seed S --backend anon|thp|memfd|file [--file PATH]
- *                --chor NAME[,NAME...] [--vcpus V] [--batch B] [--selftest K]      |  microvm --list
+ *                --chor NAME[,NAME...] [--vcpus V] [--batch B] [--selftest K] [--race-ms MS]  |  microvm --list
  * Exit: 0 every page good; 1 a bad page or a missing dirty-log entry; 2 bad arguments; 3 KVM/host failure.
+ * --race-ms MS: how long the race-pageout choreography's pager runs against the spinning vCPU, per batch.
  * --selftest K: in round 1 the VMM puts the previous generation back on K just-written pages (K stale pages).
  * Environment: MICROVM_CRC=sw makes the guest compute CRC32C from a table instead of the crc32 instruction (a
  * KVM that emulates guest instructions, like a paravirtual L0, cannot emulate crc32).
@@ -30,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -141,7 +143,8 @@ void guest_fill(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span)
 
 static const char *verify_step;
 
-static void report_bad(struct entry *e, uint64_t m)
+/* Count and print the bad entries of a verify (the guest's, or the host's own view: race.c). */
+void report_bad_entries(const char *step, const struct entry *e, uint64_t m)
 {
 	for (uint64_t k = 0; k < m; k++) {
 		if (e[k].verdict == V_GOOD)
@@ -156,10 +159,12 @@ static void report_bad(struct entry *e, uint64_t m)
 		       "\"pfn\":%llu,\"vcpu\":%d}\n",
 		       VERDICTS[e[k].verdict & 3], (unsigned long long)C.round, (unsigned long long)e[k].index,
 		       (unsigned long long)(DATA_GPA / PAGE + e[k].index), (unsigned long long)e[k].gen,
-		       (unsigned long long)e[k].found, (unsigned long long)e[k].hdr_gfn, elapsed(), C.chor, verify_step,
+		       (unsigned long long)e[k].found, (unsigned long long)e[k].hdr_gfn, elapsed(), C.chor, step,
 		       (unsigned long long)pfn_of(e[k].index), C.vcpu);
 	}
 }
+
+static void report_bad(struct entry *e, uint64_t m) { report_bad_entries(verify_step, e, m); }
 
 /* `step` names the window in bad lines (e.g. verify-after-pageout); the step line says guest-verify. */
 void guest_verify(const char *step, const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span)
@@ -236,10 +241,10 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	static const struct option lo[] = {
 		{"pages", 1, 0, 'p'}, {"rounds", 1, 0, 'r'}, {"seed", 1, 0, 's'}, {"backend", 1, 0, 'B'},
 		{"chor", 1, 0, 'c'}, {"file", 1, 0, 'f'}, {"vcpus", 1, 0, 'v'}, {"batch", 1, 0, 'b'},
-		{"selftest", 1, 0, 'T'}, {"list", 0, 0, 'l'}, {0, 0, 0, 0}};
+		{"selftest", 1, 0, 'T'}, {"list", 0, 0, 'l'}, {"race-ms", 1, 0, 'R'}, {0, 0, 0, 0}};
 	unsigned seen = 0;
 	int ch;
-	*o = (struct opts){.batch = 256, .vcpus = 1, .file = "/run/microvm.data", .backend = -1};
+	*o = (struct opts){.batch = 256, .vcpus = 1, .race_ms = 1000, .file = "/run/microvm.data", .backend = -1};
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (ch) {
@@ -259,11 +264,12 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		case 'v': o->vcpus = parse_num("vcpus", optarg, 1, MAX_VCPUS); break;
 		case 'b': o->batch = parse_num("batch", optarg, 1, MAX_PAGES); break;
 		case 'T': o->selftest = parse_num("selftest", optarg, 0, MAX_PAGES); break;
+		case 'R': o->race_ms = parse_num("race-ms", optarg, 1, 600000); break;
 		case 'l': list_chors();
 		default:
 			usage_error("unknown or incomplete option '%s' (usage: microvm --pages N --rounds R --seed S "
 				    "--backend anon|thp|memfd|file --chor NAME[,...] [--vcpus V] [--batch B] [--selftest K] "
-				    "[--file PATH] | --list)", argv[optind - 1]);
+				    "[--race-ms MS] [--file PATH] | --list)", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)
@@ -276,9 +282,9 @@ static void parse_args(int argc, char **argv, struct opts *o)
 static void print_start(void)
 {
 	printf("@@LEDGER {\"ev\":\"start\",\"pages\":%llu,\"rounds\":%llu,\"seed\":%llu,\"batch\":%llu,"
-	       "\"selftest\":%llu,\"guest\":\"micro\",\"backend\":\"%s\",\"vcpus\":%d,\"crc\":\"%s\",\"chors\":[",
+	       "\"selftest\":%llu,\"race_ms\":%llu,\"guest\":\"micro\",\"backend\":\"%s\",\"vcpus\":%d,\"crc\":\"%s\",\"chors\":[",
 	       (unsigned long long)C.o.pages, (unsigned long long)C.o.rounds, (unsigned long long)C.o.seed,
-	       (unsigned long long)C.o.batch, (unsigned long long)C.o.selftest, BACKENDS[C.o.backend], C.o.vcpus,
+	       (unsigned long long)C.o.batch, (unsigned long long)C.o.selftest, (unsigned long long)C.o.race_ms, BACKENDS[C.o.backend], C.o.vcpus,
 	       C.vm.hw_crc ? "crc32c-hw" : "crc32c-sw");
 	for (int k = 0; k < C.o.nchors; k++)
 		printf("%s\"%s\"", k ? "," : "", CHORS[C.o.chors[k]].name);
@@ -330,7 +336,17 @@ int main(int argc, char **argv)
 	crc_init();
 	C.vm.seed = C.o.seed;
 	C.pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	/* A concurrent choreography frees pages that an SPTE may still map on a racy kernel: keep the VMM's own
+	 * memory (stacks, heap, text) out of reclaim so that such a page is reused by someone else than the VMM
+	 * itself (a guest write into the VMM's stack would end the run as a crash, not as a ledger verdict). */
+	int racing = 0;
+	for (int k = 0; k < C.o.nchors; k++)
+		racing |= CHORS[C.o.chors[k]].run == chor_race_pageout;
+	if (racing && mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT))
+		infra("mlockall: %s", strerror(errno));
 	C.data = data_map(&C.o);
+	if (racing && munlock(C.data, C.o.pages * PAGE))
+		infra("munlock of the data region: %s", strerror(errno));
 	C.gen = calloc(C.o.pages, sizeof(*C.gen));
 	C.seen_swapped = calloc(C.o.pages, 1);
 	C.dirty_expect = calloc(C.o.pages, 1);

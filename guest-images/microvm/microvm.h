@@ -32,12 +32,16 @@
 #define DATA_GPA 0x100000000ULL   /* gfn 0x100000: the Linux L2's data DIMM range, same trace oracle range */
 #define IO_PORT 0x10              /* the guest's `out` to this port is its "done" call (KVM_EXIT_IO) */
 
-enum guest_op { OP_NONE = 0, OP_WRITE = 1, OP_VERIFY = 2, OP_READ = 3, OP_FILL = 4 };
+enum guest_op { OP_NONE = 0, OP_WRITE = 1, OP_VERIFY = 2, OP_READ = 3, OP_FILL = 4, OP_SPIN = 5 };
 #define FILL_WORD 0x4d4943524f564d21ULL /* OP_FILL's content: the same in every page, so KSM can merge them */
 enum verdict { V_GOOD = 0, V_STALE = 1, V_ZERO = 2, V_CORRUPT = 3 };
 
 struct mailbox { /* written by the VMM before each command; `bad` is written by the guest */
 	uint64_t op, n, seed, hw_crc, crc_table, data_gpa, entries, bad, done;
+	/* OP_SPIN (race.c): the guest rewrites its pages sweep after sweep without an exit, generation gen + s in
+	 * sweep s, publishes each completed sweep, and returns after the sweep in which it saw `stop` (set by the
+	 * VMM's pager thread from another L1 CPU) or after sweep `max_sweeps` */
+	uint64_t stop, published, max_sweeps;
 };
 
 struct entry { /* one page of a command: index and generation in; verdict, found generation, header gfn out */

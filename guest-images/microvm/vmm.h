@@ -27,7 +27,7 @@ struct vm {
 enum backend { B_ANON, B_THP, B_MEMFD, B_FILE };
 
 struct opts {
-	uint64_t pages, rounds, seed, batch, selftest;
+	uint64_t pages, rounds, seed, batch, selftest, race_ms;
 	int vcpus, backend;
 	const char *file;
 	int chors[16], nchors;
@@ -88,6 +88,10 @@ void guest_write(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span)
 void guest_read(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span);
 void guest_fill(const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span);
 void guest_verify(const char *step, const uint64_t *idx, uint64_t n, uint64_t first, uint64_t span);
+void report_bad_entries(const char *step, const struct entry *e, uint64_t m);
+
+/* race.c: the concurrent choreography (a spinning vCPU on one L1 CPU, the pager on another) */
+void chor_race_pageout(uint64_t first, uint64_t n);
 
 /* chor.c */
 struct chor {

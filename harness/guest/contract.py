@@ -49,6 +49,7 @@ MICRO_EVENTS: dict[str, tuple[str, ...]] = {
     "step": ("chor", "round", "step", "first_gfn", "npages"),
     "dirtylog": ("chor", "round", "written", "logged", "missing"),
     "counters": ("pageouts", "pages_out", "pages_in"),
+    "race": ("chor", "round", "sweeps", "pageouts", "overlapped", "faults", "vcpu_cpu", "pager_cpu"),
 }
 BAD_CLASSES = ("stale", "zero", "corrupt")
 MICRO_STEPS = ("guest-write", "pageout", "reclaim", "host-read", "guest-read", "guest-verify", "collapse", "split",
@@ -72,7 +73,11 @@ CHOREOGRAPHIES: dict[str, str] = {
                  "read after swap-out, write, page out, verify",
     "ksm-then-write": "identical pages merged by ksmd (one read-only pfn), read by the guest (read-only SPTE), "
                       "written (COW break), page out, read after swap-out, write, page out, verify (needs ksm on)",
+    "race-pageout": "the vCPU rewrites the batch sweep after sweep on L1 CPU 0 while a pager thread on L1 CPU 1 "
+                    "pages it out and reclaims (race.c); host view then guest view against the last completed sweep",
 }
+# the concurrent ones: a vCPU in guest code while the VMM acts on another L1 CPU (needs l1.cpus >= 2 to race)
+RACE_CHOREOGRAPHIES = ("race-pageout",)
 # the ones that need no THP backend and no KSM (scenarios/micro.yaml, the `micro` knobs' default)
 DEFAULT_CHOREOGRAPHIES = ("write-pageout-read-write", "host-read-prefetch", "dirty-log", "readonly-then-write")
 MICRO_BACKENDS = ("anon", "thp", "memfd", "file")

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from harness.guest.base import Guest
-from harness.guest.contract import MICRO_DATA_FILE, MICRO_FILES, data_gfn_range
+from harness.guest.contract import MICRO_DATA_FILE, MICRO_FILES, RACE_CHOREOGRAPHIES, data_gfn_range
 from harness.images.l1 import L1Image, build_l1_image
 from harness.images.microvm import build_microvm
 
@@ -18,6 +18,8 @@ def microvm_argv(s) -> list[str]:
     argv = ["--pages", str(m.pages), "--rounds", str(m.rounds), "--seed", str(s.seed),
             "--backend", s.memory_backend, "--chor", ",".join(m.choreographies), "--vcpus", str(m.vcpus),
             "--batch", str(m.batch), "--selftest", str(m.selftest_pages)]
+    if any(c in RACE_CHOREOGRAPHIES for c in m.choreographies):
+        argv += ["--race-ms", str(m.race_ms)]
     if s.memory_backend == "file":
         argv += ["--file", MICRO_DATA_FILE]
     return argv

@@ -276,7 +276,8 @@ def judge(ev: CaseEvidence, logs: CaseLogs) -> Judgement:
     extra: dict[str, Any] = {"selftest": res.selftest} if ev.selftest_pages else {}
     if mlog:
         extra["micro"] = MicroTotals(counters=mlog.counters, steps=len(mlog.steps),
-                                     dirty_log_missing=mlog.dirty_missing)
+                                     dirty_log_missing=mlog.dirty_missing,
+                                     race=micro_oracle.race_totals(mlog.races) if mlog.races else None)
     ledger = res.totals(**extra)
     return Judgement(verdict=verdict_of(findings), findings=findings, first_finding_s=first, ledger=ledger,
                      retry=retry, judge_version=JUDGE_VERSION)

@@ -18,6 +18,7 @@ _TRACE_TS = re.compile(rb"\s(\d+\.\d+):\s")  # an ftrace line's timestamp
 class MicroLog:
     steps: list[dict[str, Any]] = field(default_factory=list)
     dirtylog: list[dict[str, Any]] = field(default_factory=list)
+    races: list[dict[str, Any]] = field(default_factory=list)  # one per batch of a concurrent choreography
     counters: dict[str, Any] | None = None  # the last "counters" line
     malformed: int = 0  # marked lines that were not valid JSON with the schema's fields
 
@@ -28,7 +29,7 @@ class MicroLog:
     def events(self, trace_t0: float | None = None) -> list[dict[str, Any]]:
         """Every @@MICRO event in order of time (micro-steps.jsonl); with `trace_t0` (the VMM's start on the
         trace's clock) each also gets "trace_ts", its time on the trace's clock."""
-        evs = self.steps + self.dirtylog + ([self.counters] if self.counters else [])
+        evs = self.steps + self.dirtylog + self.races + ([self.counters] if self.counters else [])
         evs = sorted(evs, key=lambda e: e.get("t", 0))
         if trace_t0 is None:
             return evs
@@ -61,6 +62,8 @@ def parse_output(text: str) -> MicroLog:
             log.steps.append(ev)
         elif ev["ev"] == "dirtylog":
             log.dirtylog.append(ev)
+        elif ev["ev"] == "race":
+            log.races.append(ev)
         else:
             log.counters = ev
     return log
@@ -97,4 +100,28 @@ def host_steps_weak(log: MicroLog, pswpout: int, min_pswpout: int) -> list[str]:
     weak = [f"{k}={c.get(k, 0)}" for k in ("pages_out", "pages_in") if int(c.get(k, 0) or 0) <= 0]
     if pswpout < min_pswpout:
         weak.append(f"L1 pswpout={pswpout} < {min_pswpout}")
-    return weak
+    return weak + race_steps_weak(log.races)
+
+
+def race_steps_weak(races: list[dict[str, Any]]) -> list[str]:
+    """Why a concurrent choreography staged no race: [] when, in some batch, the vCPU and the pager ran on two
+    different L1 CPUs, a page-out overlapped a guest sweep, and the vCPU faulted pages back in while it ran.
+    With one L1 CPU (pager_cpu == vcpu_cpu) the pager runs only while the vCPU is off the CPU: no race."""
+    if not races:
+        return []
+    staged = [r for r in races if r.get("vcpu_cpu") != r.get("pager_cpu") and int(r.get("vcpu_cpu", -1)) >= 0
+              and int(r.get("overlapped", 0) or 0) > 0 and int(r.get("faults", 0) or 0) > 0]
+    if staged:
+        return []
+    r = races[0]
+    return [f"race-pageout staged no race in {len(races)} batch(es) (vcpu_cpu={r.get('vcpu_cpu')}, "
+            f"pager_cpu={r.get('pager_cpu')}, overlapped={r.get('overlapped')}, faults={r.get('faults')})"]
+
+
+def race_totals(races: list[dict[str, Any]]) -> dict[str, Any]:
+    """The concurrent choreography's exposure, summed over its batches (run.json's ledger.micro.race)."""
+    keys = ("sweeps", "pageouts", "overlapped", "reclaims", "faults")
+    out: dict[str, Any] = {k: sum(int(r.get(k, 0) or 0) for r in races) for k in keys}
+    out["batches"] = len(races)
+    out["cpus"] = sorted({(r.get("vcpu_cpu"), r.get("pager_cpu")) for r in races})
+    return out

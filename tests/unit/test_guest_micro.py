@@ -266,3 +266,45 @@ def test_recorded_run_without_swap_is_not_a_pass():
     j = judge(micro_ev(l1=l1), CaseLogs(micro_out=text))
     assert j.verdict == "infra-error" and {f.kind for f in j.findings} == {"host-steps-missing"}
     assert "L1 pswpout=0 < 64" in j.findings[0].title
+
+
+# -- the concurrent choreography (race-pageout) ----------------------------------------------------------------
+def race_line(**kw) -> dict:
+    ev = dict(ev="race", chor="race-pageout", round=1, first_gfn=DATA_GFN_BASE, npages=16, sweeps=40,
+              pageouts=900, overlapped=35, reclaims=220, faults=610, vcpu_cpu=0, pager_cpu=1, cpus=2, t=1.5)
+    return ev | kw
+
+
+def test_race_line_parses_into_races():
+    log = micro_oracle.parse_output(L("@@MICRO ", **race_line()) + "\n" + L("@@MICRO ", ev="race", chor="x") + "\n")
+    assert len(log.races) == 1 and log.malformed == 1
+    assert log.races[0]["overlapped"] == 35 and log.events()[0]["ev"] == "race"
+
+
+@pytest.mark.parametrize("races,weak", [
+    ([], False),  # no concurrent choreography in the run: nothing to stage
+    ([race_line()], False),
+    ([race_line(pager_cpu=0)], True),  # one L1 CPU: the pager ran only while the vCPU was off the CPU
+    ([race_line(overlapped=0)], True),  # no page-out while the guest completed a sweep
+    ([race_line(faults=0)], True),  # the vCPU never faulted a paged-out page back in while it ran
+    ([race_line(vcpu_cpu=-1, pager_cpu=-1)], True),  # pinning failed
+    ([race_line(pager_cpu=0), race_line()], False),  # one batch that raced is enough
+])
+def test_race_steps_weak(races, weak):
+    out = micro_oracle.race_steps_weak(races)
+    assert bool(out) is weak
+    if weak:
+        assert "race-pageout staged no race" in out[0]
+
+
+def test_race_totals_sum_the_batches():
+    t = micro_oracle.race_totals([race_line(), race_line(pager_cpu=0, overlapped=0)])
+    assert (t["batches"], t["sweeps"], t["overlapped"], t["pageouts"]) == (2, 80, 35, 1800)
+    assert t["cpus"] == [(0, 0), (0, 1)]
+
+
+def test_microvm_argv_carries_race_ms_only_for_a_race_choreography():
+    s = parse_scenario("guest: micro\nmicro: {choreographies: [race-pageout], pages: 32, batch: 16, race_ms: 700}")
+    argv = microvm_argv(s)
+    assert argv[argv.index("--chor") + 1] == "race-pageout" and argv[-2:] == ["--race-ms", "700"]
+    assert "--race-ms" not in microvm_argv(parse_scenario("guest: micro"))
