@@ -30,7 +30,7 @@ from harness.report.progress import RunProgress
 from harness.report.results import atomic_write
 from harness.scenario import l1host
 from harness.vm import qemu
-from harness.vm.accel import choose_accel
+from harness.vm.accel import choose_accel, host_tsc_khz, l1_clock_cmdline
 from harness.vm.l1boot import boot_l1
 from harness.vm.ssh import L1Shell, key_cmdline_arg, make_run_key
 
@@ -98,9 +98,10 @@ def _boot_and_drive(s: Scenario, meta: dict, cdir: Path, t0: float, ev: CaseEvid
         key = make_run_key()
         # no_timer_check: under TCG on a saturated host the boot-time IO-APIC timer check can miss its ticks and
         # panic L1 ("IO-APIC + timer doesn't work!", seen at load 16): a check of the emulator, not of the kernel
-        cmdline = (f"console=ttyS0 loglevel=5 panic=-1 oops=panic no_timer_check zswap.enabled=0 "
-                   f"transparent_hugepage={s.thp} "
-                   f"{key_cmdline_arg(key)} {s.l1.cmdline}").strip()
+        cmdline = " ".join(w for w in ("console=ttyS0 loglevel=5 panic=-1 oops=panic no_timer_check zswap.enabled=0",
+                                       f"transparent_hugepage={s.thp}",
+                                       l1_clock_cmdline(accel.mode, host_tsc_khz()),
+                                       key_cmdline_arg(key), s.l1.cmdline.strip()) if w)
         spec = qemu.VMSpec(kdir / "bzImage", l1img.initramfs, cmdline, accel.qemu_args, s.l1.memory_mb,
                            s.l1.cpus, swap)
         t_guest = time.monotonic()

@@ -50,6 +50,38 @@ def host_cpu_vendor(cpuinfo: str | None = None) -> str:
     return "unknown"
 
 
+def host_tsc_khz(cpuinfo: str | None = None, sysfs_khz: str | None = None) -> int | None:
+    """L0's TSC rate in kHz: the kernel's own tsc_freq_khz when it publishes it, else cpu0's "cpu MHz" (steady on
+    a VM; a frequency-scaled bare-metal host does not run L1 under TCG).  None when neither is readable."""
+    if sysfs_khz is None:
+        try:
+            sysfs_khz = Path("/sys/devices/system/cpu/cpu0/tsc_freq_khz").read_text()
+        except OSError:
+            sysfs_khz = ""
+    if sysfs_khz.strip().isdigit() and int(sysfs_khz) > 0:
+        return int(sysfs_khz)
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        if line.startswith("cpu MHz"):
+            try:
+                return round(float(line.split(":", 1)[1]) * 1000) or None
+            except ValueError:
+                return None
+    return None
+
+
+def l1_clock_cmdline(mode: str, tsc_khz: int | None) -> str:
+    """Pure: L1's clock words.  Under TCG L1's TSC is L0's (QEMU reads the host's counter), but L1 calibrates it
+    against the PIT, whose loop the host starves under load: 2 of 23 boots with two L1 CPUs took 244 MHz or
+    915 MHz for 2.6 GHz (docs/races.md), L1's clock then ran up to ten times fast (an RCU stall "found" on a
+    clean kernel) and every udelay ran short.  tsc_early_khz= skips that calibration with the known rate."""
+    return f"tsc_early_khz={tsc_khz}" if mode == "tcg" and tsc_khz else ""
+
+
 def judge_probe(returncode: int | None, console: str) -> tuple[bool, str]:
     """Pure: did the KVM probe guest really run a kernel?"""
     if any(m in console for m in PROBE_MARKERS):

@@ -1,4 +1,6 @@
-from harness.vm.accel import judge_probe, host_cpu_vendor
+import pytest
+
+from harness.vm.accel import host_cpu_vendor, host_tsc_khz, judge_probe, l1_clock_cmdline
 
 # Real output of the probe on a machine whose /dev/kvm is kvm_pvm (QEMU 7.2).
 PVM_FAILURE = ("qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion "
@@ -45,3 +47,21 @@ def test_a_passing_probe_is_never_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(accel, "probe_kvm", lambda k: calls.append(k) or (True, "booted"))
     assert accel.choose_accel(tmp_path / "k").mode == "kvm" and accel.choose_accel(tmp_path / "k").mode == "kvm"
     assert len(calls) == 2
+
+
+# -- L1's clock under TCG ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cpuinfo,sysfs,khz", [
+    ("processor\t: 0\ncpu MHz\t\t: 2596.142\n", "", 2596142),
+    ("processor\t: 0\ncpu MHz\t\t: 2596.142\n", "2600000\n", 2600000),  # the kernel's own figure first
+    ("processor\t: 0\n", "", None),
+    ("cpu MHz\t\t: fast\n", "", None),
+    ("cpu MHz\t\t: 0.000\n", "0\n", None),
+])
+def test_host_tsc_khz(cpuinfo, sysfs, khz):
+    assert host_tsc_khz(cpuinfo, sysfs) == khz
+
+
+def test_l1_clock_cmdline_only_under_tcg_with_a_known_rate():
+    assert l1_clock_cmdline("tcg", 2596142) == "tsc_early_khz=2596142"
+    assert l1_clock_cmdline("kvm", 2596142) == ""  # KVM gives L1 a calibrated TSC (kvmclock)
+    assert l1_clock_cmdline("tcg", None) == ""
