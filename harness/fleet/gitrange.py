@@ -3,8 +3,10 @@
 
 Their repository is never written: the commits are checked out in a clone under the cache
 (`git clone --shared`: it borrows the repository's objects, so any commit of it is there without a fetch),
-cache/src/git-<name>-<hash(path)>/, built out of tree in ONE object folder cache/obj/git-<name>-<hash>/ that
-every step reuses (a checkout rewrites only the files that differ: make rebuilds what the commit changed).
+cache/src/git-<name>-<hash(path)>/.  Each step is synced from that clone into the repository's build copy and
+built out of tree in its ONE object folder, cache/obj/<repo_key>/ (harness.kernel.treebuild), which every step,
+`--tree PATH --build` and the reproducer share: only files whose content differs are rewritten, so make
+rebuilds what the commit changed.
 
 Each step is judged with the series bisect's flaky-aware policy (harness.fleet.bisect: one finding makes a
 commit bad, `repeats` clean runs make it good, an infrastructure failure is retried once, the confidence from
@@ -116,7 +118,7 @@ class Range:
             raise InputError(f"--git {self.repo}: not a git working tree")
         self.defconfig, self.base = defconfig, base
         name = "git-" + slug(self.repo).removeprefix("tree-")
-        self.clone, self.objdir, self.name = cache_dir() / "src" / name, cache_dir() / "obj" / name, name
+        self.clone, self.name = cache_dir() / "src" / name, name      # borrows this repository's objects
         self.built: dict[str, Path | str] = {}          # sha -> artifact folder, or why it does not build
 
     def sha(self, ref: str) -> str:
@@ -142,21 +144,15 @@ class Range:
 
     def artifact(self, sha: str) -> Path:
         """Build (or take from the cache) the kernel of one commit; InputError/InfraError as the build says."""
-        from harness.kernel.treebuild import (
-            base_config,
-            build_source,
-            kconfig_digest,
-            tree_files,
-        )
+        from harness.kernel.treebuild import build_tree
         built = self.built.get(sha)
         if isinstance(built, Path):
             return built
         self.ensure_clone()
         _git(self.clone, "-c", "advice.detachedHead=false", "checkout", "-q", "-f", "--detach", sha)
-        change = self.change_of(sha)
-        start, desc, frags = base_config(self.repo, self.clone, self.defconfig)
-        art = build_source(self.clone, self.objdir, start, desc, frags,
-                           kconfig_digest(self.clone, tree_files(self.clone)), change, self.name, _log)
+        # built from the repository's shared copy (synced by content), in the object folder `--tree --build`
+        # and the reproducer use too: one object folder per repository, never a second full build
+        art = build_tree(self.clone, self.change_of(sha), self.defconfig, _log, config_tree=self.repo)
         self.built[sha] = art
         return art
 

@@ -7,16 +7,20 @@
                             the developer's .config (or --defconfig NAME; `minimal`: x86_64_defconfig +
                             kconfigs/minimal-l1.config) + the harness fragments, out of tree, in the cache:
 
-    cache/src/tree-<name>-<hash(path)>/   a copy of the tree's tracked + untracked, not ignored files
-    cache/obj/tree-<name>-<hash(path)>/   the object folder (O=), reused by every later build of that tree
-    cache/kernels/tree-<name>-<hash>/     the artifact (the layout of harness.kernel.build)
+    cache/src/<repo-key>/       a copy of the tree's tracked + untracked, not ignored files
+    cache/obj/<repo-key>/       the object folder (O=), reused by every later build of that repository
+    cache/kernels/<repo-key>-<hash>/    the artifact (the layout of harness.kernel.build)
+
+<repo-key> names the repository (its first-parent root commit, treebuild.repo_key), not the path: every clone
+of it (the reproducer's, a second worktree, a git-range step) shares the copy and the object folder.
 
 Why a copy and not O= on the tree itself: a tree that was ever built in place makes `make O=` refuse ("source
 tree is not clean, please run make mrproper"), and mrproper would write to the developer's tree.  Why a copy
 and not a `git worktree` + the diff applied: a worktree writes into the developer's .git, and a checkout
-gives every changed file a new mtime.  The copy is synced file by file (size + mtime): only files the
-developer changed are rewritten, with their own mtime, so make in the reused object folder rebuilds exactly
-what an in-place build would.  Nothing in PATH (or its .git) is ever written.
+gives every changed file a new mtime.  The copy is synced by content (treebuild.sync_tree): only files whose
+bytes changed are rewritten (mtime = now); a touched but identical file keeps the copy's mtime, so make in the
+reused object folder rebuilds exactly what an in-place build would.  Nothing in PATH (or its .git) is ever
+written.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """`--tree PATH --build` and the git-range steps: build a kernel source folder out of tree, in one object folder
 per developer tree that every later build reuses (make decides what to rebuild), into a cache artifact.
 
-The developer's tree is copied (harness.kernel.tree explains why) into cache/src/<slug>/ by `sync_tree`; a git
-range is checked out in a clone under the cache (harness.fleet.gitrange).  Both end in `build_source`.
+The developer's tree is copied (harness.kernel.tree explains why) into cache/src/<repo_key>/ by `sync_tree`; a
+git range is checked out in a clone under the cache (harness.fleet.gitrange) and synced from there the same
+way.  Every clone of one repository shares that copy and the object folder cache/obj/<repo_key>/.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from harness.kernel.artifact import (
     _finish,
     _kernels,
     normalize_modules,
-    slug,
 )
 from harness.kernel.build import compiler_version, make_vars, run_logged
 from harness.kernel.source import file_lock, makefile_version, sha256_file
@@ -36,6 +36,27 @@ BUILD_TARGETS = ["bzImage", "modules"]
 
 def _h(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def repo_key_name(root_sha: str, root_subject: str) -> str:
+    """Pure: the name of a repository's build copy and object folder from its first-parent root commit (the
+    same in every clone of it, wherever it lives) and that commit's subject (for people)."""
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in root_subject.strip())[:24].strip("._-")
+    return f"tree-{name or 'repo'}-{root_sha[:12]}"
+
+
+def repo_key(tree: Path) -> str:
+    """repo_key_name of the tree's HEAD.  The first-parent root, not every root: a merge that brings in a
+    history with its own root (as Linux's early merges did) does not rename the copy."""
+    r = subprocess.run(["git", "-C", str(tree), "log", "--first-parent", "--max-parents=0", "--format=%H%x00%s",
+                        "HEAD"], check=False, capture_output=True, text=True,
+                       env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"))
+    line = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
+    if "\0" not in line:
+        raise InputError(f"{tree}: git cannot name its root commit (no commit yet?): "
+                         f"{(r.stderr or r.stdout).strip()[-300:]}")
+    sha, subject = line.split("\0", 1)
+    return repo_key_name(sha, subject)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -51,47 +72,98 @@ def tree_files(path: Path) -> list[str]:
     return [n for n in names if os.path.lexists(path / n)]
 
 
-def plan_sync(src_stat: dict[str, tuple], dst_stat: dict[str, tuple]) -> tuple[list[str], list[str]]:
-    """Pure: (files to copy, files to delete) so dst mirrors src; a stat is (kind, size, mtime_ns) or
-    ("link", target).  Unchanged files are left alone: their mtime keeps make from rebuilding them."""
-    copy = [n for n, st in src_stat.items() if dst_stat.get(n) != st]
-    delete = [n for n in dst_stat if n not in src_stat]
-    return sorted(copy), sorted(delete)
+Stat = tuple       # ("file", size, mtime_ns, mode) or ("link", target)
 
 
-def _stat(p: Path) -> tuple | None:
+def plan_sync(src: dict[str, Stat], dst: dict[str, Stat], seen: dict[str, list]) -> tuple[list[str], list[str],
+                                                                                          list[str]]:
+    """Pure: (copy, compare, delete) so that dst mirrors src.  `seen` is the manifest of the last sync,
+    name -> [source stat, copy stat] as they were then.
+      unchanged (nothing to do): both stats as at the last sync, or the copy's stat equal to the source's (a
+                copy made with the source's mtime, as the first version of this sync did); a link with the
+                same target
+      compare:  two regular files of the same size, one of them touched since: the content decides (a clone
+                or a checkout gives every file a new mtime; an identical file keeps its copy's old mtime, so
+                make does not rebuild what was built from it)
+      copy:     anything else (new, different size, a file that became a link or back)
+      delete:   in the copy but no longer in the source."""
+    copy, compare = [], []
+    for n, s in src.items():
+        d = dst.get(n)
+        if d is None or d[0] != s[0]:
+            copy.append(n)
+        elif d == s or list(seen.get(n) or ()) == [list(s), list(d)]:
+            continue
+        elif s[0] == "link" or d[1] != s[1]:          # another target, another size
+            copy.append(n)
+        else:
+            compare.append(n)
+    return sorted(copy), sorted(compare), sorted(n for n in dst if n not in src)
+
+
+def _stat(p: Path) -> Stat | None:
     try:
         if p.is_symlink():
             return ("link", os.readlink(p))
         st = p.stat()
-        return ("file", st.st_size, st.st_mtime_ns)
+        return ("file", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
     except OSError:
         return None
 
 
+def same_bytes(a: Path, b: Path, chunk: int = 1 << 20) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(chunk), fb.read(chunk)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _write(src: Path, d: Path, st: Stat) -> None:
+    """The source's content (and mode) into the copy, with mtime = now: newer than any object built from the
+    copy's former content, whatever the source file's own mtime."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    if d.is_symlink() or d.is_file():
+        d.unlink()
+    if st[0] == "link":
+        os.symlink(st[1], d)
+    else:
+        shutil.copyfile(src, d)
+        os.chmod(d, st[3])
+
+
 def sync_tree(src: Path, dest: Path, names: list[str]) -> dict:
-    """Mirror `names` of src into dest (copy2: content and mtime), delete what left the list since last time."""
+    """Mirror `names` of src into dest by content (plan_sync), delete what left the list since last time;
+    the manifest dest.files.json keeps both stats of every file as this sync left them."""
     manifest = dest.with_name(dest.name + ".files.json")
     try:
         old = json.loads(manifest.read_text())
     except (OSError, ValueError):
-        old = []
+        old = {}
+    seen = old if isinstance(old, dict) else {}      # a list: the names-only manifest of the first version
     src_stat = {n: s for n in names if (s := _stat(src / n)) is not None}
     dst_stat = {n: s for n in set(old) | set(names) if (s := _stat(dest / n)) is not None}
-    copy, delete = plan_sync(src_stat, dst_stat)
+    copy, compare, delete = plan_sync(src_stat, dst_stat, seen)
     for n in delete:
         (dest / n).unlink(missing_ok=True)
-    for n in copy:
-        d = dest / n
-        d.parent.mkdir(parents=True, exist_ok=True)
-        if d.is_symlink() or d.is_file():
-            d.unlink()
-        if src_stat[n][0] == "link":
-            os.symlink(src_stat[n][1], d)
+    identical = 0
+    for n in compare:
+        if same_bytes(src / n, dest / n):
+            identical += 1
+            if dst_stat[n][3] != src_stat[n][3]:
+                os.chmod(dest / n, src_stat[n][3])     # a mode change alone: the mtime stays
         else:
-            shutil.copy2(src / n, d)
-    manifest.write_text(json.dumps(sorted(src_stat)))
-    return {"files": len(src_stat), "copied": len(copy), "deleted": len(delete)}
+            copy.append(n)
+    for n in copy:
+        _write(src / n, dest / n, src_stat[n])
+    state = {n: [list(s), list(_stat(dest / n) or ())] for n, s in src_stat.items()}
+    tmp = manifest.with_name(manifest.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(state, sort_keys=True, separators=(",", ":")))
+    os.replace(tmp, manifest)
+    return {"files": len(src_stat), "copied": len(copy), "deleted": len(delete), "compared": len(compare),
+            "identical": identical}
 
 
 def kconfig_digest(src: Path, names: list[str]) -> str:
@@ -214,19 +286,26 @@ def build_source(src: Path, objdir: Path, start: Path, start_desc: dict, frags: 
     return final
 
 
-def build_tree(tree: Path, change: dict, defconfig: str | None, log=print, config_file: Path | None = None) -> Path:
-    """`--tree PATH --build`: sync the working tree into the cache copy, build it there (O= reused).
-    config_file: build with exactly that .config (olddefconfig only, no fragments): the reproducer's rebuild."""
-    name = slug(tree)
+def build_tree(tree: Path, change: dict, defconfig: str | None, log=print, config_file: Path | None = None,
+               config_tree: Path | None = None) -> Path:
+    """`--tree PATH --build`: sync the working tree into its repository's copy, build it there (O= reused).
+    config_file: build with exactly that .config (olddefconfig only, no fragments): the reproducer's rebuild.
+    config_tree: the tree whose .config is the starting point (default: `tree`; a git-range step: the
+    developer's repository, not the clone it checked the commit out in).
+
+    One copy and one object folder per repository (repo_key), whichever clone or path it is built from: the
+    reproducer's fresh clone, a second worktree and a git-range step all rebuild only what differs from the
+    last build.  The per-name lock serialises them."""
+    name = repo_key(tree)
     src = cache_dir() / "src" / name
     with file_lock(cache_dir() / "src" / f"{name}.lock"):
         t = time.monotonic()
         names = tree_files(tree)
         src.mkdir(parents=True, exist_ok=True)
         st = sync_tree(tree, src, names)
-        log(f"synced {tree} -> {src}: {st['copied']} file(s) copied, {st['deleted']} deleted of {st['files']} "
-            f"({time.monotonic() - t:.1f} s)")
-        start, desc, frags = base_config(tree, src, defconfig)
+        log(f"synced {tree} -> {src}: {st['copied']} file(s) written, {st['deleted']} deleted, "
+            f"{st['identical']} touched but identical kept, of {st['files']} ({time.monotonic() - t:.1f} s)")
+        start, desc, frags = base_config(config_tree or tree, src, defconfig)
         if config_file is not None:
             start, desc, frags = config_file, {"kind": "verbatim", "name": config_file.name,
                                                "sha256": sha256_file(config_file)}, []

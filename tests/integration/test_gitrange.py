@@ -69,27 +69,25 @@ def test_bisect_names_the_mutant_commit(repo, results_dir):
     assert all(f["change"]["repo"] == "linux-7.2-range" for f in run["findings"])
 
 
-def test_tree_built_out_of_tree_with_an_uncommitted_mutant(repo, results_dir, tmp_path):
-    """`run --tree O=FOLDER` on a developer's own build: the range's clone at the first harmless commit with the
-    mutant as an uncommitted diff, built by `make O=` in the shared object folder (incremental).  The run uses
-    that kernel (a finding), names the dirty diff, and reproduce.sh recreates the diff and .config by sha256."""
-    from harness.fleet.gitrange import Range
+def test_tree_build_of_a_clone_with_an_uncommitted_mutant(repo, results_dir, tmp_path):
+    """`run --tree CLONE --build` on a second clone of the repository at the first harmless commit with the
+    mutant as an uncommitted diff: built in the repository's shared object folder (the range's steps built it:
+    incremental).  The run uses that kernel (a finding), names the dirty diff, and reproduce.sh recreates the
+    diff and .config by sha256."""
     from harness.kernel.build import make_vars
-    rng = Range(repo["path"], "minimal", "range-base")
-    rng.artifact(repo["commits"][0])                  # the clone and the object folder at harmless 1 (cached)
+    dev = tmp_path / "dev"
+    subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout", str(repo["path"]), str(dev)], check=True)
+    subprocess.run(["git", "-C", str(dev), "checkout", "-q", "--detach", repo["commits"][0]], check=True)
     mutant = REPO / "patches/mutants-7.2/a-finish-page-fault-clean"
-    subprocess.run(["git", "-C", str(rng.clone), "apply", *sorted(str(p) for p in mutant.glob("0001-*.patch"))],
+    subprocess.run(["git", "-C", str(dev), "apply", *sorted(str(p) for p in mutant.glob("0001-*.patch"))],
                    check=True)
-    make = ["make", "-s", "-C", str(rng.clone), f"O={rng.objdir}", "-j2", *make_vars(), "KERNELRELEASE=7.2.13",
-            "bzImage", "modules"]
-    subprocess.run(make, check=True, capture_output=True, timeout=3600)
-    r = harness("run", SCENARIO, "--tree", str(rng.objdir), results=results_dir)
+    r = harness("run", SCENARIO, "--tree", str(dev), "--build", "--defconfig", "minimal", results=results_dir)
     assert r.returncode == 1, r.stdout + r.stderr[-3000:]
     rdir = Path(r.stdout.split("results: ")[-1].strip())
     run = json.loads((rdir / "run.json").read_text())
     ch = run["change"]
     assert ch["describe"].endswith("-dirty") and ch["head"]["sha"] == repo["commits"][0]
-    assert "r == RET_PF_RETRY, false);" in ch["diff"] and run["kernel"]["source"] == "tree"
+    assert "r == RET_PF_RETRY, false);" in ch["diff"] and run["kernel"]["source"] == "tree-build"
     assert all(f["change"]["diff_sha256"] == ch["diff_sha256"] for f in run["findings"])
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -102,5 +100,5 @@ def test_tree_built_out_of_tree_with_an_uncommitted_mutant(repo, results_dir, tm
     assert hashlib.sha256((work / "tree.config").read_bytes()).hexdigest() == run["kernel"]["config_sha256"]
     # the reproducer's rebuild configures with that .config as it is (olddefconfig only): the same .config hash
     from harness.kernel.treebuild import _olddefconfig
-    text = _olddefconfig(rng.clone, tmp_path / "staging", work / "tree.config", make_vars())
+    text = _olddefconfig(dev, tmp_path / "staging", work / "tree.config", make_vars())
     assert hashlib.sha256(text.encode()).hexdigest() == run["kernel"]["config_sha256"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import InputError
-from harness.kernel import change, kconfig, tree, treebuild
+from harness.kernel import change, kconfig, tree
 
 BZ = b"\0" * 0x202 + b"HdrS" + b"\0" * 64        # the x86 boot protocol's magic, where a bzImage has it
 GOOD_CONFIG = "CONFIG_VIRTUALIZATION=y\nCONFIG_KVM=m\nCONFIG_KVM_AMD=m\nCONFIG_KVM_INTEL=m\nCONFIG_MODULES=y\nCONFIG_SWAP=y" + "\n"
@@ -137,29 +137,7 @@ def test_commits_between_bad_ref(repo):
         change.commits_between(repo, "nope")
 
 
-# ---------------------------------------------------------------------------------------------- the copy
-def test_plan_sync():
-    src = {"a": ("file", 1, 10), "b": ("file", 2, 20), "l": ("link", "a")}
-    dst = {"a": ("file", 1, 10), "b": ("file", 2, 19), "old": ("file", 1, 1), "l": ("link", "b")}
-    assert treebuild.plan_sync(src, dst) == (["b", "l"], ["old"])
-
-
-def test_sync_tree_copies_only_what_changed(repo, tmp_path):
-    dest = tmp_path / "copy"
-    dest.mkdir()
-    st = treebuild.sync_tree(repo, dest, treebuild.tree_files(repo))
-    assert st["copied"] == 4 and (dest / "b.c").read_text() == "int b;\n"
-    mtime = (dest / "b.c").stat().st_mtime_ns
-    (repo / "a.c").write_text("int a = 3;\n")
-    (repo / "b.c").unlink()
-    _git(repo, "rm", "-q", "--cached", "b.c")
-    st = treebuild.sync_tree(repo, dest, treebuild.tree_files(repo))
-    assert (st["copied"], st["deleted"]) == (1, 1) and not (dest / "b.c").exists()
-    assert (dest / "a.c").read_text() == "int a = 3;\n"
-    assert (dest / "a.c").stat().st_mtime_ns == (repo / "a.c").stat().st_mtime_ns
-    assert mtime                                      # (b.c was copied with its own mtime the first time)
-    st = treebuild.sync_tree(repo, dest, treebuild.tree_files(repo))
-    assert (st["copied"], st["deleted"]) == (0, 0)
+# the working-tree copy (plan_sync, sync_tree, repo_key): tests/unit/test_treesync.py
 
 
 # ---------------------------------------------------------------------------------------------- modules
