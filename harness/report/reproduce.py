@@ -233,7 +233,7 @@ if [ -f "$work/change.diff" ]; then
 fi
 echo "reproduce.sh: building $TREE_DESCRIBE with the run's .config (olddefconfig only)" >&2
 art=$("$py" -c 'import sys; from pathlib import Path; from harness.kernel.tree import tree_kernel
-print(tree_kernel(Path(sys.argv[1]), True, config_file=Path(sys.argv[2])))' "$src" "$work/tree.config") || die $? "the kernel build failed"
+print(tree_kernel(Path(sys.argv[1]), True, config_file=Path(sys.argv[2]), log=lambda m: print(m, file=sys.stderr)))' "$src" "$work/tree.config") || die $? "the kernel build failed"
 art=$(printf '%s\n' "$art" | tail -n 1)
 got=$(sha256sum "$art/config" | cut -d' ' -f1)
 if [ "$got" != "$CONFIG_SHA256" ]; then
