@@ -173,3 +173,40 @@ def test_git_bisect_bad_input(mixed_repo, tmp_path, monkeypatch):
         gitrange.git_bisect(str(mixed_repo), "HEAD", "base", scen, [], 1, None, tmp_path)
     with pytest.raises(InputError, match="not a git working tree"):
         gitrange.git_bisect(str(tmp_path), "a", None, scen, [], 1, None, tmp_path)
+
+
+def test_range_steps_and_tree_builds_share_one_copy_and_object_folder(mixed_repo, tmp_path, monkeypatch):
+    """A step syncs its commit from the range's clone into the repository's copy (only what differs) and builds
+    in the repository's object folder, the one `--tree --build` of any clone of it uses; the .config comes from
+    the developer's repository, not the clone."""
+    from harness.kernel import treebuild
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    (mixed_repo / ".gitignore").write_text(".config\n")
+    (mixed_repo / ".config").write_text("CONFIG_KVM=m\n")
+    builds = []
+
+    def fake_build(src, objdir, start, desc, frags, kdigest, change, key_prefix, log):
+        builds.append({"src": src, "objdir": objdir, "start": start, "prefix": key_prefix,
+                       "mmu": (src / "mmu.c").read_text(), "describe": change["describe"]})
+        return tmp_path / f"art{len(builds)}"
+    monkeypatch.setattr(treebuild, "build_source", fake_build)
+    status = _git(mixed_repo, "status", "--porcelain")
+    rng = gitrange.Range(mixed_repo, None, "base")
+    shas = _git(mixed_repo, "rev-list", "--reverse", "base..HEAD").split()
+    rng.artifact(shas[0])
+    rng.artifact(shas[1])
+    key = treebuild.repo_key(mixed_repo)
+    cache = (tmp_path / "cache").resolve()
+    assert [(b["src"], b["objdir"], b["prefix"]) for b in builds] == [(cache / "src" / key, cache / "obj" / key, key)] * 2
+    assert [b["mmu"] for b in builds] == ["ok\n/* 1 */\n", "MUTANT\n/* 1 */\n"]
+    assert all(b["start"] == mixed_repo / ".config" for b in builds)
+    assert rng.clone != cache / "src" / key                         # the clone stays the range's own
+    other = tmp_path / "other-clone"                                # a second clone of the repository
+    _git(tmp_path, "clone", "-q", str(mixed_repo), str(other))
+    (other / "mmu.c").write_text("dirty in the other clone\n")
+    (other / ".config").write_text("CONFIG_KVM=m\n")
+    treebuild.build_tree(other, {"describe": "x-dirty"}, None, lambda m: None)
+    assert (builds[-1]["src"], builds[-1]["objdir"], builds[-1]["mmu"]) == (
+        cache / "src" / key, cache / "obj" / key, "dirty in the other clone\n")
+    assert builds[-1]["start"] == other / ".config"
+    assert _git(mixed_repo, "status", "--porcelain") == status       # the developer's tree: never written
