@@ -85,7 +85,7 @@ def plan_sync(src: dict[str, Stat], dst: dict[str, Stat], seen: dict[str, list])
       compare:  two regular files of the same size, one of them touched since: the content decides (a clone
                 or a checkout gives every file a new mtime; an identical file keeps its copy's old mtime, so
                 make does not rebuild what was built from it)
-      copy:     anything else (new, different size, a file that became a link or back)
+      copy:     anything else (new, different size, a file that became a link, a folder, or back)
       delete:   in the copy but no longer in the source."""
     copy, compare = [], []
     for n, s in src.items():
@@ -106,7 +106,7 @@ def _stat(p: Path) -> Stat | None:
         if p.is_symlink():
             return ("link", os.readlink(p))
         st = p.stat()
-        return ("file", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
+        return ("dir" if p.is_dir() else "file", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
     except OSError:
         return None
 
@@ -127,6 +127,8 @@ def _write(src: Path, d: Path, st: Stat) -> None:
     d.parent.mkdir(parents=True, exist_ok=True)
     if d.is_symlink() or d.is_file():
         d.unlink()
+    elif d.is_dir():                                  # a folder (of files that left the tree) became a file
+        shutil.rmtree(d)
     if st[0] == "link":
         os.symlink(st[1], d)
     else:

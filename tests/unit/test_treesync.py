@@ -106,6 +106,7 @@ F = ("file", 7, 100, 0o644)
     ({"l": ("link", "a")}, {"l": ("link", "b")}, {}, (["l"], [], [])),                # another target
     ({"l": ("link", "a")}, {"l": F}, {}, (["l"], [], [])),                            # a file became a link
     ({"l": F}, {"l": ("link", "a")}, {}, (["l"], [], [])),                            # and back
+    ({"d": F}, {"d": ("dir", 7, 100, 0o755)}, {}, (["d"], [], [])),                  # a folder became a file
 ])
 def test_plan_sync(src, dst, seen, want):
     assert treebuild.plan_sync(src, dst, seen) == want
@@ -173,6 +174,13 @@ def test_sync_tree_symlinks_and_modes(repo, tmp_path):
     (repo / "l.c").unlink()
     st = _sync(repo, dest)
     assert st["deleted"] == 1 and not os.path.lexists(dest / "l.c")
+    (repo / "d").mkdir()                                      # a folder, then a file of that name
+    (repo / "d/x.c").write_text("int x;\n")
+    _sync(repo, dest)
+    shutil.rmtree(repo / "d")
+    (repo / "d").write_text("int d;\n")
+    st = _sync(repo, dest)
+    assert (st["copied"], st["deleted"]) == (1, 1) and (dest / "d").read_text() == "int d;\n"
 
 
 def test_sync_tree_keeps_a_copy_made_by_the_first_version(repo, tmp_path):
