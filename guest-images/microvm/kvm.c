@@ -99,6 +99,8 @@ static void setup_vcpu(struct vm *vm, int id, struct kvm_cpuid2 *cpuid)
 	v->entries = (struct entry *)(vm->low + GPA_ENTRIES + id * ENTRIES_SIZE);
 	v->stats_fd = ioctl(v->fd, KVM_GET_STATS_FD, NULL);
 	v->pf_fixed_off = stats_offset(v->stats_fd, "pf_fixed");
+	v->exits_off = stats_offset(v->stats_fd, "exits");
+	v->irq_exits_off = stats_offset(v->stats_fd, "irq_exits");
 	vcpu_run(vm, id, OP_NONE, 0); /* to the guest's first `out`: ready */
 }
 
@@ -215,6 +217,15 @@ long stats_offset(int fd, const char *name)
 	}
 	free(buf);
 	return off;
+}
+
+/* One u64 statistic of a vCPU by its offset (stats_offset), or -1. */
+long long vcpu_stat(struct vcpu *v, long off)
+{
+	uint64_t val;
+	if (off < 0 || pread(v->stats_fd, &val, 8, off) != 8)
+		return -1;
+	return (long long)val;
 }
 
 /* Sum of pf_fixed over the vCPUs (faults KVM fixed by installing an SPTE), or -1 when unavailable. */

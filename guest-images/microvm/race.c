@@ -18,6 +18,7 @@
  * - A zap without its TLB flush: the vCPU goes on writing the old pfn through a stale translation.  Under
  *   QEMU's TCG every world switch flushes the softmmu TLB, and the host's own TLB shootdown for the unmap
  *   interrupts the vCPU (an exit), so this window closes before the page's swap write starts (docs/races.md).
+ *   The race line's exits and irq_exits (KVM's vCPU statistics over the race) show how often that happened.
  *
  * The verdict: when the vCPU returns, every page must hold generation gen + published (the last sweep the
  * guest completed) in the host's copy (read through the VMM's mapping: a swap-in of what reclaim wrote) and
@@ -158,7 +159,7 @@ void chor_race_pageout(uint64_t first, uint64_t n)
 	v->mb->stop = 0;
 	v->mb->published = 0;
 	v->mb->max_sweeps = UINT64_MAX;
-	long long f0 = guest_faults(&C.vm);
+	long long f0 = guest_faults(&C.vm), x0 = vcpu_stat(v, v->exits_off), i0 = vcpu_stat(v, v->irq_exits_off);
 	double t0 = elapsed();
 	pthread_t th;
 	if (pthread_create(&th, NULL, pager_main, &p))
@@ -168,18 +169,18 @@ void chor_race_pageout(uint64_t first, uint64_t n)
 	if (p.reclaim_fd >= 0)
 		close(p.reclaim_fd);
 	uint64_t sweeps = v->mb->published;
-	long long f1 = guest_faults(&C.vm);
+	long long f1 = guest_faults(&C.vm), x1 = vcpu_stat(v, v->exits_off), i1 = vcpu_stat(v, v->irq_exits_off);
 	for (uint64_t k = 0; k < n; k++)
 		C.gen[first + k] += sweeps;
 	C.written += n * sweeps;
 	C.pageouts += p.pageouts;
 	printf("@@MICRO {\"ev\":\"race\",\"chor\":\"%s\",\"round\":%llu,\"first_gfn\":%llu,\"npages\":%llu,"
 	       "\"sweeps\":%llu,\"pageouts\":%llu,\"overlapped\":%llu,\"reclaims\":%llu,\"reclaim_errors\":%llu,"
-	       "\"faults\":%lld,\"vcpu_cpu\":%d,\"pager_cpu\":%d,\"cpus\":%d,\"ms\":%.1f,\"vcpu\":%d,\"t\":%.3f}\n",
+	       "\"faults\":%lld,\"exits\":%lld,\"irq_exits\":%lld,\"vcpu_cpu\":%d,\"pager_cpu\":%d,\"cpus\":%d,\"ms\":%.1f,\"vcpu\":%d,\"t\":%.3f}\n",
 	       C.chor, (unsigned long long)C.round, (unsigned long long)(DATA_GPA / PAGE + first),
 	       (unsigned long long)n, (unsigned long long)sweeps, (unsigned long long)p.pageouts,
 	       (unsigned long long)p.overlapped, (unsigned long long)p.reclaims, (unsigned long long)p.reclaim_errors,
-	       f0 < 0 || f1 < 0 ? -1 : f1 - f0, vcpu_cpu, p.cpu, ncpu, (elapsed() - t0) * 1000, C.vcpu, elapsed());
+	       f0 < 0 || f1 < 0 ? -1 : f1 - f0, x0 < 0 || x1 < 0 ? -1 : x1 - x0, i0 < 0 || i1 < 0 ? -1 : i1 - i0, vcpu_cpu, p.cpu, ncpu, (elapsed() - t0) * 1000, C.vcpu, elapsed());
 	host_verify(first, n);
 	guest_verify("guest-view-after-race", idx, n, first, n);
 	host_pageout(first, n);

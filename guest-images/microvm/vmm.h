@@ -11,7 +11,7 @@
 
 struct vcpu {
 	int fd, stats_fd;
-	long pf_fixed_off;
+	long pf_fixed_off, exits_off, irq_exits_off;
 	struct kvm_run *run;
 	struct mailbox *mb;       /* in the small slot */
 	struct entry *entries;    /* in the small slot */
@@ -67,6 +67,7 @@ uint64_t get_rip(struct vcpu *v);
 void get_dirty_log(struct vm *vm, uint64_t *bitmap);
 long stats_offset(int fd, const char *name);
 long long guest_faults(struct vm *vm);
+long long vcpu_stat(struct vcpu *v, long off);
 
 /* host.c: the data region and the host's steps on a range of pages [first, first + n) */
 uint8_t *data_map(const struct opts *o);

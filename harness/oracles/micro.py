@@ -120,7 +120,7 @@ def race_steps_weak(races: list[dict[str, Any]]) -> list[str]:
 
 def race_totals(races: list[dict[str, Any]]) -> dict[str, Any]:
     """The concurrent choreography's exposure, summed over its batches (run.json's ledger.micro.race)."""
-    keys = ("sweeps", "pageouts", "overlapped", "reclaims", "faults")
+    keys = ("sweeps", "pageouts", "overlapped", "reclaims", "faults", "exits", "irq_exits")
     out: dict[str, Any] = {k: sum(int(r.get(k, 0) or 0) for r in races) for k in keys}
     out["batches"] = len(races)
     out["cpus"] = sorted({(r.get("vcpu_cpu"), r.get("pager_cpu")) for r in races})
