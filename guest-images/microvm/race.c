@@ -4,7 +4,7 @@
  * The other choreographies (chor.c) act on the host side only between guest steps, so a race between a running
  * vCPU (or a fault in progress) and an invalidation on another CPU can never happen there.  Here the VMM's
  * main thread, pinned to L1 CPU 0, runs the vCPU (OP_SPIN: sweep after sweep over the batch, no exit), while a
- * pager thread pinned to L1 CPU 1 pages the same pages out (MADV_PAGEOUT: notifier invalidation, zap, swap
+ * pager thread pinned to the last L1 CPU pages the same pages out (MADV_PAGEOUT: notifier invalidation, zap, swap
  * write) and reclaims the VMM's cgroup (memory.reclaim: pages that are in the swap cache but no longer mapped
  * by the host, such as a page an SPTE still maps after its invalidation, are written out and freed).
  *
@@ -24,7 +24,8 @@
  * guest completed) in the host's copy (read through the VMM's mapping: a swap-in of what reclaim wrote) and
  * through the guest's SPTEs; the host's copy is checked first and repaired, so a guest view that then differs
  * is an SPTE that outlived its page.  With one L1 CPU the same choreography runs the pager only while the
- * vCPU is preempted (a negative control); its race line says so (pager_cpu == vcpu_cpu).
+ * vCPU is preempted (a negative control); its race line says so (pager_cpu == vcpu_cpu).  With --vcpus V every
+ * vCPU spins at once on its own slice of the batch, vCPU k on L1 CPU k mod (CPUs - 1), each in a thread.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,12 +47,18 @@
 
 struct pager {
 	uint64_t first, n;
-	volatile uint64_t *published; /* the guest's sweep counter (mailbox) */
-	volatile uint64_t *stop;      /* the guest's stop flag (mailbox) */
+	int nspin;                    /* vCPUs spinning on the batch */
+	struct mailbox *mb[MAX_VCPUS]; /* their mailboxes: published sweeps, stop flags */
 	double until;                 /* elapsed() at which the pager stops the guest */
 	int cpu, reclaim_fd;
 	/* counts */
 	uint64_t pageouts, overlapped, reclaims, reclaim_errors;
+};
+
+struct spinner {
+	int id, cpu;
+	uint64_t n;
+	pthread_t th;
 };
 
 static int pin_to(int cpu)
@@ -81,6 +88,14 @@ static int open_reclaim(void)
 /* Page the batch out again and again; every few rounds reclaim the cgroup (what is in the swap cache and no
  * longer mapped goes out and is freed).  A page-out "overlapped" the guest when the guest completed a sweep
  * while it ran: the proof that vCPU and pager really ran at once. */
+static uint64_t sweeps_published(const struct pager *p)
+{
+	uint64_t sum = 0;
+	for (int k = 0; k < p->nspin; k++)
+		sum += *(volatile uint64_t *)&p->mb[k]->published;
+	return sum;
+}
+
 static void *pager_main(void *arg)
 {
 	struct pager *p = arg;
@@ -89,10 +104,10 @@ static void *pager_main(void *arg)
 	char amount[32];
 	int len = snprintf(amount, sizeof(amount), "%llu", (unsigned long long)(p->n * PAGE));
 	for (uint64_t it = 0; elapsed() < p->until; it++) {
-		uint64_t before = *p->published;
+		uint64_t before = sweeps_published(p);
 		if (madvise(C.data + p->first * PAGE, p->n * PAGE, MADV_PAGEOUT) == 0)
 			p->pageouts++;
-		if (*p->published != before)
+		if (sweeps_published(p) != before)
 			p->overlapped++;
 		if (p->reclaim_fd >= 0 && it % RECLAIM_EVERY == RECLAIM_EVERY - 1) {
 			/* EAGAIN: less than asked could be reclaimed, the usual answer for a small cgroup */
@@ -102,7 +117,8 @@ static void *pager_main(void *arg)
 				p->reclaim_errors++;
 		}
 	}
-	*p->stop = 1;
+	for (int k = 0; k < p->nspin; k++)
+		*(volatile uint64_t *)&p->mb[k]->stop = 1;
 	return NULL;
 }
 
@@ -137,6 +153,94 @@ static int online_cpus(void)
 	return c < 1 ? 1 : (int)c;
 }
 
+/* vCPU `id` spins on its slice of the batch (its entries are set): pinned to its CPU, until the pager stops it. */
+static void *spinner_main(void *arg)
+{
+	struct spinner *sp = arg;
+	if (pin_to(sp->cpu))
+		sp->cpu = -1;
+	vcpu_run(&C.vm, sp->id, OP_SPIN, sp->n);
+	return NULL;
+}
+
+/* Deal the batch to `nspin` vCPUs (contiguous slices) and arm their mailboxes; returns vCPU k's first page. */
+static uint64_t arm_slice(int k, int nspin, uint64_t first, uint64_t n, struct spinner *sp)
+{
+	uint64_t lo = n * k / nspin, hi = n * (k + 1) / nspin;
+	struct vcpu *v = &C.vm.vcpu[k];
+	for (uint64_t j = lo; j < hi; j++)
+		v->entries[j - lo] = (struct entry){.index = first + j, .gen = C.gen[first + j]};
+	v->mb->stop = 0;
+	v->mb->published = 0;
+	v->mb->max_sweeps = UINT64_MAX;
+	sp->id = k;
+	sp->n = hi - lo;
+	return first + lo;
+}
+
+static void vcpu_stats(int nspin, long long *exits, long long *irq_exits)
+{
+	*exits = *irq_exits = 0;
+	for (int k = 0; k < nspin; k++) {
+		struct vcpu *v = &C.vm.vcpu[k];
+		long long x = vcpu_stat(v, v->exits_off), i = vcpu_stat(v, v->irq_exits_off);
+		*exits = *exits < 0 || x < 0 ? -1 : *exits + x;
+		*irq_exits = *irq_exits < 0 || i < 0 ? -1 : *irq_exits + i;
+	}
+}
+
+/* Every vCPU spins on its slice (vCPU k on L1 CPU k mod (CPUs - 1)), the pager runs on the last L1 CPU (CPU 0
+ * when there is only one), for race_ms; the vCPUs' pages then hold gen + their published sweeps. */
+static void run_race(uint64_t first, uint64_t n)
+{
+	int ncpu = online_cpus(), nspin = C.o.vcpus < (int)n ? C.o.vcpus : (int)n;
+	int vcpu_cpus = ncpu > 1 ? ncpu - 1 : 1;
+	struct spinner sp[MAX_VCPUS];
+	uint64_t slice_first[MAX_VCPUS];
+	struct pager p = {.first = first, .n = n, .nspin = nspin, .until = elapsed() + C.o.race_ms / 1000.0,
+			  .cpu = ncpu > 1 ? ncpu - 1 : 0, .reclaim_fd = open_reclaim()};
+	for (int k = 0; k < nspin; k++) {
+		slice_first[k] = arm_slice(k, nspin, first, n, &sp[k]);
+		sp[k].cpu = k % vcpu_cpus;
+		p.mb[k] = C.vm.vcpu[k].mb;
+	}
+	long long f0 = guest_faults(&C.vm), x0, i0, x1, i1;
+	vcpu_stats(nspin, &x0, &i0);
+	double t0 = elapsed();
+	pthread_t pager;
+	if (pthread_create(&pager, NULL, pager_main, &p))
+		infra("race-pageout: pthread_create: %s", strerror(errno));
+	for (int k = 1; k < nspin; k++)
+		if (pthread_create(&sp[k].th, NULL, spinner_main, &sp[k]))
+			infra("race-pageout: pthread_create: %s", strerror(errno));
+	spinner_main(&sp[0]);
+	for (int k = 1; k < nspin; k++)
+		pthread_join(sp[k].th, NULL);
+	pthread_join(pager, NULL);
+	if (p.reclaim_fd >= 0)
+		close(p.reclaim_fd);
+	long long f1 = guest_faults(&C.vm);
+	vcpu_stats(nspin, &x1, &i1);
+	uint64_t sweeps = 0;
+	for (int k = 0; k < nspin; k++) {
+		uint64_t s = C.vm.vcpu[k].mb->published;
+		for (uint64_t j = 0; j < sp[k].n; j++)
+			C.gen[slice_first[k] + j] += s;
+		C.written += sp[k].n * s;
+		sweeps += s;
+	}
+	C.pageouts += p.pageouts;
+	printf("@@MICRO {\"ev\":\"race\",\"chor\":\"%s\",\"round\":%llu,\"first_gfn\":%llu,\"npages\":%llu,"
+	       "\"spinning\":%d,\"sweeps\":%llu,\"pageouts\":%llu,\"overlapped\":%llu,\"reclaims\":%llu,"
+	       "\"reclaim_errors\":%llu,\"faults\":%lld,\"exits\":%lld,\"irq_exits\":%lld,\"vcpu_cpu\":%d,"
+	       "\"pager_cpu\":%d,\"cpus\":%d,\"ms\":%.1f,\"t\":%.3f}\n",
+	       C.chor, (unsigned long long)C.round, (unsigned long long)(DATA_GPA / PAGE + first),
+	       (unsigned long long)n, nspin, (unsigned long long)sweeps, (unsigned long long)p.pageouts,
+	       (unsigned long long)p.overlapped, (unsigned long long)p.reclaims, (unsigned long long)p.reclaim_errors,
+	       f0 < 0 || f1 < 0 ? -1 : f1 - f0, x0 < 0 || x1 < 0 ? -1 : x1 - x0, i0 < 0 || i1 < 0 ? -1 : i1 - i0,
+	       sp[0].cpu, p.cpu, ncpu, (elapsed() - t0) * 1000, elapsed());
+}
+
 void chor_race_pageout(uint64_t first, uint64_t n)
 {
 	uint64_t *idx = malloc(n * sizeof(*idx));
@@ -146,41 +250,7 @@ void chor_race_pageout(uint64_t first, uint64_t n)
 	for (uint64_t k = 0; k < n; k++)
 		idx[k] = first + k;
 	guest_write(idx, n, first, n); /* generation g, every page present and mapped */
-
-	struct vcpu *v = &C.vm.vcpu[C.vcpu];
-	int ncpu = online_cpus(), vcpu_cpu = 0;
-	if (pin_to(vcpu_cpu))
-		vcpu_cpu = -1;
-	struct pager p = {.first = first, .n = n, .published = &v->mb->published, .stop = &v->mb->stop,
-			  .until = elapsed() + C.o.race_ms / 1000.0, .cpu = ncpu > 1 ? 1 : 0,
-			  .reclaim_fd = open_reclaim()};
-	for (uint64_t k = 0; k < n; k++)
-		v->entries[k] = (struct entry){.index = first + k, .gen = C.gen[first + k]};
-	v->mb->stop = 0;
-	v->mb->published = 0;
-	v->mb->max_sweeps = UINT64_MAX;
-	long long f0 = guest_faults(&C.vm), x0 = vcpu_stat(v, v->exits_off), i0 = vcpu_stat(v, v->irq_exits_off);
-	double t0 = elapsed();
-	pthread_t th;
-	if (pthread_create(&th, NULL, pager_main, &p))
-		infra("race-pageout: pthread_create: %s", strerror(errno));
-	vcpu_run(&C.vm, C.vcpu, OP_SPIN, n);
-	pthread_join(th, NULL);
-	if (p.reclaim_fd >= 0)
-		close(p.reclaim_fd);
-	uint64_t sweeps = v->mb->published;
-	long long f1 = guest_faults(&C.vm), x1 = vcpu_stat(v, v->exits_off), i1 = vcpu_stat(v, v->irq_exits_off);
-	for (uint64_t k = 0; k < n; k++)
-		C.gen[first + k] += sweeps;
-	C.written += n * sweeps;
-	C.pageouts += p.pageouts;
-	printf("@@MICRO {\"ev\":\"race\",\"chor\":\"%s\",\"round\":%llu,\"first_gfn\":%llu,\"npages\":%llu,"
-	       "\"sweeps\":%llu,\"pageouts\":%llu,\"overlapped\":%llu,\"reclaims\":%llu,\"reclaim_errors\":%llu,"
-	       "\"faults\":%lld,\"exits\":%lld,\"irq_exits\":%lld,\"vcpu_cpu\":%d,\"pager_cpu\":%d,\"cpus\":%d,\"ms\":%.1f,\"vcpu\":%d,\"t\":%.3f}\n",
-	       C.chor, (unsigned long long)C.round, (unsigned long long)(DATA_GPA / PAGE + first),
-	       (unsigned long long)n, (unsigned long long)sweeps, (unsigned long long)p.pageouts,
-	       (unsigned long long)p.overlapped, (unsigned long long)p.reclaims, (unsigned long long)p.reclaim_errors,
-	       f0 < 0 || f1 < 0 ? -1 : f1 - f0, x0 < 0 || x1 < 0 ? -1 : x1 - x0, i0 < 0 || i1 < 0 ? -1 : i1 - i0, vcpu_cpu, p.cpu, ncpu, (elapsed() - t0) * 1000, C.vcpu, elapsed());
+	run_race(first, n);
 	host_verify(first, n);
 	guest_verify("guest-view-after-race", idx, n, first, n);
 	host_pageout(first, n);
