@@ -37,6 +37,7 @@ def rules_json(res: Result, incomplete: list[str] | None = None) -> dict[str, An
                   "noise_floor": noise_floor(res, st),
                   "unresolved_at_end": st.unresolved_at_end, "dropped_by_lost_events": st.dropped_by_loss,
                   "dropped_by_cut_lines": st.dropped_by_cut, "dropped_by_time_gap": st.dropped_by_gap,
+                  "dropped_by_cpu_order": st.dropped_by_order,
                   "dropped_install_untraced": st.dropped_install_untraced}
     return out
 
@@ -58,7 +59,8 @@ def findings(res: Result, incomplete: list[str] | None = None, ledger_gfns: list
     titles = {"R1": "dirty SPTE zapped without marking its page dirty",
               "R2": "writable SPTE installed without marking its page dirty",
               "R3": "page freed after a notifier zap with no writeback and no dirty mark (lost write)",
-              "R4": "page dropped clean by reclaim after a dirty SPTE zap, no writeback (lost write)"}
+              "R4": "page dropped clean by reclaim after a dirty SPTE zap, no writeback (lost write)",
+              "R5": "page freed while a present SPTE still maps it (use-after-free)"}
     for r, st in res.rules.items():
         if not st.ran or st.violations <= noise_floor(res, st):
             continue

@@ -20,6 +20,7 @@ class RuleState:
     dropped_by_loss: int = 0
     dropped_by_cut: int = 0
     dropped_by_gap: int = 0
+    dropped_by_order: int = 0  # R5: install/zap on another CPU too close to the free to know their order
     dropped_install_untraced: int = 0  # create-time R3: the pfn was mapped before tracing began
     gfns: set[int] = field(default_factory=set)  # every gfn with a violation (bounded): the ledger join needs them all
 
