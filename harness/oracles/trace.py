@@ -78,10 +78,12 @@ RULE_SET = {"zap-time": ("R1", "R3", "R4", "R5"), "create-time": ("R2", "R3", "R
 
 class Checker:
     """Feed trace_pipe lines (bytes) in order; `finish()` gives the Result.  Memory: O(distinct pfns zapped).
-    `layout`: the SPTE bits of the kernel under test (trace_spte; default: v6.12's for `vendor`)."""
+    `layout`: the SPTE bits of the kernel under test (trace_spte; default: v6.12's for `vendor`).
+    `installs_traced`: does the capture keep SPTE installs (default: not on zap-time kernels, whose capture filters
+    kvm_tdp_mmu_spte_changed to present old SPTEs unless harness.scenario.tracing widened it)."""
 
     def __init__(self, vendor: str = "amd", ruleset: str = "zap-time", available: Iterable[str] | None = None,
-                 window: int = WINDOW, layout: SpteLayout | None = None):
+                 window: int = WINDOW, layout: SpteLayout | None = None, installs_traced: bool | None = None):
         self.vendor = vendor
         self.ruleset = ruleset
         self.layout = lay = layout_of(layout, vendor)
@@ -106,9 +108,8 @@ class Checker:
         # R4: pfn -> [gfn, line, ts, written back since the zap, dropped clean by reclaim]
         self.r4_zapped: dict[int, list[Any]] = {}
         self.pfn_gfn: dict[int, int] = {}  # shadow MMU: pfn -> gfn from kvm_mmu_set_spte (no gfn at the zap)
-        # R5: the capture of a zap-time kernel filters installs out (old SPTE present only)
-        self.uaf = FreedWhileMapped(self.rules["R5"], lay.present, lay.large, lay.pfn_mask,
-                                    installs_traced=ruleset != "zap-time")
+        self.installs_traced = ruleset != "zap-time" if installs_traced is None else installs_traced
+        self.uaf = FreedWhileMapped(self.rules["R5"], lay.present, lay.large, lay.pfn_mask, self.installs_traced)
         self.n = 0
         self.next_sweep = window
         self.done = False
@@ -464,7 +465,7 @@ class Checker:
                           "R3": "notifier zaps of dirty SPTEs followed to the free of their pfn",
                           "R4": "zaps of dirty SPTEs followed to reclaim's clean drop and free of their pfn",
                           "R5": "frees of pfns that a traced present leaf SPTE had mapped checked for an SPTE "
-                                "still mapping them" + ("" if self.ruleset != "zap-time" else
+                                "still mapping them" + ("" if self.installs_traced else
                                                         " (zap-time capture: installs are filtered out, an SPTE "
                                                         "is known from its first traced change)")}[r]
         res.rules = self.rules
@@ -479,8 +480,9 @@ def set_spte_level(body: bytes) -> int:
 
 
 def check_lines(lines: Iterable[bytes], vendor: str = "amd", ruleset: str = "zap-time",
-                available: Iterable[str] | None = None, layout: SpteLayout | None = None) -> Result:
-    chk = Checker(vendor, ruleset, available, layout=layout)
+                available: Iterable[str] | None = None, layout: SpteLayout | None = None,
+                installs_traced: bool | None = None) -> Result:
+    chk = Checker(vendor, ruleset, available, layout=layout, installs_traced=installs_traced)
     for ln in lines:
         chk.feed(ln)
     return chk.finish()

@@ -109,6 +109,7 @@ class TraceCapture:
             if "=" in line:
                 k, v = line.split("=", 1)
                 self.facts.setdefault(k.strip(), []).append(v.strip())
+        installs = pre_ruleset != "zap-time" or self._keep_installs(gfn_min, gfn_limit)
         symbols = set(self.facts.get("symbol", []))
         release = self.run.get("kernel", {}).get("release") or next(iter(self.facts.get("release", [])), None)
         ruleset, why = choose_ruleset(s.trace.rules, release, symbols, series)
@@ -121,9 +122,10 @@ class TraceCapture:
                   kprobes=self.facts.get("kprobe", []), missing=self.facts.get("missing", []),
                   filter_failed=self.facts.get("filter_failed", []), buffer_kb=(self.facts.get("buffer_kb") or ["?"])[0],
                   file=self.path.name, spte_layout=layout.name, spte_layout_source=layout.source,
-                  spte_bits=layout.bits())
+                  spte_bits=layout.bits(), spte_installs_traced=installs)
         self.checker = oracle.Checker(vendor=vendor, ruleset=ruleset,
-                                      available={e.split(":", 1)[1] for e in events} | set(kprobes), layout=layout)
+                                      available={e.split(":", 1)[1] for e in events} | set(kprobes), layout=layout,
+                                      installs_traced=installs)
         if s.memory_backend == "file":
             # the flusher writes a shared file's dirty pages back without mm_vmscan_write_folio: a later clean drop
             # is no evidence of a lost write there
@@ -149,6 +151,18 @@ class TraceCapture:
         self.t_start = time.monotonic()
         self.thread = threading.Thread(target=self._reader, name="trace-reader", daemon=True)
         self.thread.start()
+
+    def _keep_installs(self, gfn_min: int, gfn_limit: int) -> bool:
+        """R5 (a pfn freed while an SPTE maps it) needs the SPTE installs, which trace-start.sh filters out on
+        zap-time kernels (the Linux L2's volume: installs are half the lines, and each costs L1 CPU).  The
+        micro-guest's trace is small (~20k lines a run), so its capture keeps them: the event's filter is widened
+        to the gfn range alone, before the guest starts (its capture is armed first).  True when L1 confirms it."""
+        if self.s.guest != "micro" or "kvmmmu:kvm_tdp_mmu_spte_changed" not in self.facts.get("event", []):
+            return False
+        flt = "/sys/kernel/tracing/events/kvmmmu/kvm_tdp_mmu_spte_changed/filter"
+        want = f"gfn >= {gfn_min:#x} && gfn < {gfn_limit:#x}"
+        out, _ = self.sh.try_run(f"echo '{want}' > {flt} && cat {flt}", timeout=30)
+        return bool(out) and "old_spte" not in out and "gfn" in out
 
     def _reader(self) -> None:
         stream, chk = self.chan, self.checker

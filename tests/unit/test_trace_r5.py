@@ -182,3 +182,52 @@ def test_a_free_waiting_at_a_max_mb_cut_is_unresolved_not_judged() -> None:
 def test_set_spte_level() -> None:
     assert T.set_spte_level(b"gfn 100000 spte 60000ee7 (rwxu) level 2") == 2
     assert T.set_spte_level(b"gfn 100000 spte 60000ee7 (rwxu) lev") == 1
+
+
+# ---- the capture: a zap-time kernel's micro-guest keeps the installs R5 needs -------------------------------
+class FakeShell:
+    """Just enough of L1Shell for TraceCapture.start(): trace-start.sh's facts, the filter file, an empty stream."""
+    broken = False
+
+    def __init__(self, facts: str, filter_ok: bool = True):
+        self.facts, self.filter_ok, self.cmds = facts, filter_ok, []
+
+    def run(self, cmd, timeout=None, check=True):
+        self.cmds.append(cmd)
+        return self.facts if "trace-start.sh" in cmd else ""
+
+    def try_run(self, cmd, timeout=None):
+        self.cmds.append(cmd)
+        if not self.filter_ok:
+            return None, "write error: Invalid argument"
+        return cmd.split("'")[1] + "\n", None  # the filter file reads back what was written
+
+    def stream(self, cmd):
+        from types import SimpleNamespace
+        return SimpleNamespace(read_ready=lambda: b"", ended=lambda: True, close=lambda: None)
+
+
+@pytest.mark.parametrize("guest,release,filter_ok,widened,traced", [
+    ("micro", "6.12.118+deb12-amd64", True, True, True),  # zap-time, micro: widened, installs traced
+    ("micro", "6.12.118+deb12-amd64", False, True, False),  # L1 refused the filter: R5 says installs are not seen
+    ("linux", "6.12.118+deb12-amd64", True, False, False),  # the Linux L2's volume: the filter stays
+    ("micro", "7.2.13+deb14-amd64", True, False, True),  # create-time captures keep installs anyway
+])
+def test_capture_keeps_installs_for_the_micro_guest(tmp_path: Path, guest: str, release: str, filter_ok: bool,
+                                                     widened: bool, traced: bool) -> None:
+    from harness.config import Scenario
+    from harness.scenario.tracing import TraceCapture
+    facts = "event=kvmmmu:kvm_tdp_mmu_spte_changed\nevent=kmem:mm_page_free\nkprobe=dirty_pfn:x\n"
+    run: dict[str, Any] = {"kernel": {"source": "debian-package", "release": release},
+                           "l1": {"kvm_module": "kvm_amd"}}
+    sh = FakeShell(facts, filter_ok)
+    cap = TraceCapture(sh, Scenario(guest=guest), tmp_path, run, gfn_range=(0x100000, 0x100040))
+    cap.start()
+    assert cap.thread is not None and cap.checker is not None
+    cap.thread.join(5)
+    wrote = [c for c in sh.cmds if "kvm_tdp_mmu_spte_changed/filter" in c]
+    assert bool(wrote) == widened
+    if wrote:
+        assert "'gfn >= 0x100000 && gfn < 0x100040'" in wrote[0]
+    assert run["trace"]["spte_installs_traced"] is traced and cap.checker.installs_traced is traced
+    assert cap.checker.rules["R5"].ran
