@@ -46,13 +46,14 @@ test-on-hardware: setup-build
 	$(HARNESS) matrix scenarios/hardware.yaml
 
 ## First the micro-guest's proof (every 6.12 and 7.2 mutant and the clean kernels, 10 seeds each: ~25 min with
-## two jobs), then the Linux L2's mutant matrix (kernels x knobs x seeds; JUnit, heat map, mutation score in
-## results/), the ledger-alone time to catch per mutant and seed, the 7.2 kernels and mutants, the debug-config
-## axis, then LKDTM's crash reports on the 6.12/7.2 debug and 7.2 KASAN kernels (built here if not cached)
-## classified by the console oracle.
+## two jobs), the race mutants on its concurrent choreography (~10 min), then the Linux L2's mutant matrix
+## (kernels x knobs x seeds; JUnit, heat map, mutation score in results/), the ledger-alone time to catch per
+## mutant and seed, the 7.2 kernels and mutants, the debug-config axis, then LKDTM's crash reports on the
+## 6.12/7.2 debug and 7.2 KASAN kernels (built here if not cached) classified by the console oracle.
 nightly: setup-build
 	$(HARNESS) matrix scenarios/micro-proof-6.12.yaml --jobs 2; rc=$$?; \
 	$(HARNESS) matrix scenarios/micro-proof-7.2.yaml --jobs 2 || rc=$$((rc ? rc : $$?)); \
+	$(HARNESS) matrix scenarios/nightly-races.yaml || rc=$$((rc ? rc : $$?)); \
 	$(HARNESS) matrix scenarios/nightly.yaml || rc=$$((rc ? rc : $$?)); \
 	$(HARNESS) matrix scenarios/catch-time.yaml || rc=$$((rc ? rc : $$?)); \
 	$(HARNESS) matrix scenarios/nightly-7.2.yaml || rc=$$((rc ? rc : $$?)); \
