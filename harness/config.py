@@ -109,7 +109,8 @@ class MicroKnobs(Strict):
 class DelayKnob(Strict):
     """One delay injected into L1's kernel to widen a race window (guest-images/delay/kvmdelay.c, docs/races.md):
     a busy-wait of `us` microseconds with probability `prob` at func+offset, or when func returns (ret)."""
-    func: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", max_length=120)  # a kallsyms name
+    # a kallsyms name, or alternatives a|b: the first this kernel has is probed (names differ across versions)
+    func: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*(\|[A-Za-z_][A-Za-z0-9_.]*)*$", max_length=240)
     offset: int = Field(0, ge=0, le=1 << 16)
     ret: bool = False
     us: int = Field(ge=1, le=20000)

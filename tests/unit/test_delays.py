@@ -20,6 +20,9 @@ def test_no_delays_means_no_module_and_the_same_setup_environment():
     ("delays: [{func: kvm_tdp_mmu_age_gfn_range, offset: 0x2c, us: 50},"
      " {func: kvm_tdp_mmu_unmap_gfn_range, us: 20000, prob: 0.000001}]",
      "func=kvm_tdp_mmu_age_gfn_range,kvm_tdp_mmu_unmap_gfn_range offset=44,0 ret=0,0 us=50,20000 ppm=1000000,1"),
+    # alternatives: setup-host.sh probes the first name L1's kallsyms has
+    ("delays: [{func: kvm_mmu_faultin_pfn|kvm_faultin_pfn, ret: true, us: 300}]",
+     "func=kvm_mmu_faultin_pfn|kvm_faultin_pfn offset=0 ret=1 us=300 ppm=1000000"),
 ])
 def test_delays_become_positional_module_parameters(yaml_text, params):
     env = setup_env(parse_scenario(yaml_text))
@@ -30,6 +33,8 @@ def test_delays_become_positional_module_parameters(yaml_text, params):
 @pytest.mark.parametrize("bad, key", [
     ("delays: [{func: 'a b', us: 1}]", "delays.0.func"),
     ("delays: [{func: 'x;reboot', us: 1}]", "delays.0.func"),   # reaches a shell command line in L1
+    ("delays: [{func: 'a||b', us: 1}]", "delays.0.func"),
+    ("delays: [{func: 'a|', us: 1}]", "delays.0.func"),
     ("delays: [{func: x, us: 0}]", "delays.0.us"),
     ("delays: [{func: x, us: 20001}]", "delays.0.us"),
     ("delays: [{func: x, us: 5, prob: 0}]", "delays.0.prob"),
