@@ -1,6 +1,6 @@
 """Trace rule R5 (harness/oracles/trace_freed_mapped.py): a pfn freed while a present leaf SPTE still maps it.
 Recorded real traces of the micro-guest's race-pageout choreography on 7.2 (the race mutant a, clean 7.2 and the
-control) and 6.12 (race mutant a, clean), and synthetic lines for what the recordings do not hold: CPU order, lost events, cut lines, huge pages,
+control, TDP and shadow MMU) and 6.12 (race mutant a, clean), and synthetic lines for what the recordings do not hold: CPU order, lost events, cut lines, huge pages,
 the shadow MMU and zap-time captures."""
 from __future__ import annotations
 
@@ -46,6 +46,20 @@ def test_recorded_race_pageout(name: str, ruleset: str, violations: int, stale: 
     assert {e["gfn"] for e in st.examples} == stale  # each violation is a page the ledger found stale
     assert st.dropped_by_loss == st.dropped_by_cut == st.dropped_by_order == 0
     assert all(res.rules[r].violations == 0 for r in ("R1", "R2", "R3", "R4"))  # the race hides from the dirty rules
+
+
+SHADOW_STALE = {0x100004, 0x100005, 0x100009, 0x10000A, *range(0x100010, 0x100030), 0x10003F}
+
+
+@pytest.mark.parametrize("name,violations,stale", [("r5-race-7.2-a-shadow-amd.txt.gz", 37, SHADOW_STALE),
+                                                   ("r5-clean-7.2-shadow-amd.txt.gz", 0, set())])
+def test_recorded_race_pageout_on_the_shadow_mmu(name: str, violations: int, stale: set[int]) -> None:
+    res = check(list(T.open_lines(FIX / name)), available=SHADOW)
+    assert res.counts["kvm_mmu_set_spte"] > 1000 and res.counts["shadow_zap"] > 1000
+    assert res.counts.get("kvm_tdp_mmu_spte_changed", 0) == 0
+    st = res.rules["R5"]
+    assert st.checked > 400 and st.violations == violations and st.gfns == stale  # the whole run: every stale gfn
+    assert res.rules["R4"].checked > 300 and res.rules["R4"].violations == 0
 
 
 def test_recorded_mutant_names_install_and_free() -> None:
