@@ -177,6 +177,12 @@ def _drive_l1(s: Scenario, guest: Guest, ev: CaseEvidence, cdir: Path, sh: L1She
                          settle_s=guest.settle_s, sample_s=guest.sample_s)
     try:
         mon.run(t_l2, deadline)
+    except InfraError:
+        if tracer:  # L1 stopped answering: the trace that reached L0 is still judged (R5 sees the race's end there)
+            tracer.stop()
+            ev.trace_findings = [Finding(**f) for f in tracer.judge(None)]
+            ev.trace, tracer = tracer.run.get("trace", {}), None
+        raise
     finally:
         if tracer:
             tracer.stop()

@@ -257,6 +257,8 @@ class TraceCapture:
             incomplete.append(f"trace cut at trace.max_mb={self.s.trace.max_mb}")
         if self.error:
             incomplete.append(f"reader error: {self.error}")
+        if self.sh.broken or ledger is None:
+            incomplete.append("L1 stopped answering: the trace ends where its stream did")
         bad_gfns = oracle.ledger_gfns(ledger)
         findings = oracle.findings(res, incomplete=incomplete, ledger_gfns=bad_gfns)
         if bad_gfns:
