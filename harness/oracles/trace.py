@@ -21,8 +21,8 @@ The shadow MMU (kvm.tdp_mmu=N) has no SPTE-change tracepoint: kprobe shadow_zap 
 records the old SPTE (`+0(%si)`), and kvmmmu:kvm_mmu_set_spte (gfn, new SPTE) gives its pfn -> gfn map.
 
 Modules: ftrace.py decodes the lines (one typed decoder for the checker and the timelines), trace_spte.py the SPTEs,
-this one applies the rules as the trace streams, trace_findings.py makes the findings and the ledger join.  The
-public names of all four stay importable from here.
+this one applies the rules as the trace streams (R5's state lives in trace_freed_mapped.py), trace_findings.py makes
+the findings and the ledger join.  The public names of ftrace, trace_spte and trace_findings stay importable from here.
 """
 from __future__ import annotations
 
