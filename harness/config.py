@@ -95,6 +95,9 @@ class MicroKnobs(Strict):
     selftest_pages: int = Field(0, ge=0)  # >0: the VMM restores this many pages to an old copy (proves the oracle)
     # race-pageout: how long, per batch, the pager pages out and reclaims while the vCPU spins (milliseconds)
     race_ms: int = Field(1000, ge=1, le=600000)
+    # race-pageout: reclaim (with MGLRU's aging of KVM's SPTEs) in a thread of its own, on another L1 CPU than
+    # the pager's zaps (the window of a lockless aging store against a zap)
+    race_split: bool = False
 
     @model_validator(mode="after")
     def _names(self):

@@ -16,9 +16,10 @@
  * general-regs-only, no stack protector, no jump tables, no memset calls).
  *
  * Usage: microvm --pages N --rounds R --seed S --backend anon|thp|memfd|file [--file PATH]
- *                --chor NAME[,NAME...] [--vcpus V] [--batch B] [--selftest K] [--race-ms MS]  |  microvm --list
+ *                --chor NAME[,NAME...] [--vcpus V] [--batch B] [--selftest K] [--race-ms MS] [--race-split] | --list
  * Exit: 0 every page good; 1 a bad page or a missing dirty-log entry; 2 bad arguments; 3 KVM/host failure.
  * --race-ms MS: how long the race-pageout choreography's pager runs against the spinning vCPU, per batch.
+ * --race-split: race-pageout reclaims (and ages) in a thread of its own, on another CPU than the pager's.
  * --selftest K: in round 1 the VMM puts the previous generation back on K just-written pages (K stale pages).
  * Environment: MICROVM_CRC=sw makes the guest compute CRC32C from a table instead of the crc32 instruction (a
  * KVM that emulates guest instructions, like a paravirtual L0, cannot emulate crc32).
@@ -241,7 +242,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	static const struct option lo[] = {
 		{"pages", 1, 0, 'p'}, {"rounds", 1, 0, 'r'}, {"seed", 1, 0, 's'}, {"backend", 1, 0, 'B'},
 		{"chor", 1, 0, 'c'}, {"file", 1, 0, 'f'}, {"vcpus", 1, 0, 'v'}, {"batch", 1, 0, 'b'},
-		{"selftest", 1, 0, 'T'}, {"list", 0, 0, 'l'}, {"race-ms", 1, 0, 'R'}, {0, 0, 0, 0}};
+		{"selftest", 1, 0, 'T'}, {"list", 0, 0, 'l'}, {"race-ms", 1, 0, 'R'}, {"race-split", 0, 0, 'S'},
+		{0, 0, 0, 0}};
 	unsigned seen = 0;
 	int ch;
 	*o = (struct opts){.batch = 256, .vcpus = 1, .race_ms = 1000, .file = "/run/microvm.data", .backend = -1};
@@ -265,11 +267,12 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		case 'b': o->batch = parse_num("batch", optarg, 1, MAX_PAGES); break;
 		case 'T': o->selftest = parse_num("selftest", optarg, 0, MAX_PAGES); break;
 		case 'R': o->race_ms = parse_num("race-ms", optarg, 1, 600000); break;
+		case 'S': o->race_split = 1; break;
 		case 'l': list_chors();
 		default:
 			usage_error("unknown or incomplete option '%s' (usage: microvm --pages N --rounds R --seed S "
 				    "--backend anon|thp|memfd|file --chor NAME[,...] [--vcpus V] [--batch B] [--selftest K] "
-				    "[--race-ms MS] [--file PATH] | --list)", argv[optind - 1]);
+				    "[--race-ms MS] [--race-split] [--file PATH] | --list)", argv[optind - 1]);
 		}
 	}
 	if (optind < argc)

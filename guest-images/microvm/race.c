@@ -26,6 +26,8 @@
  * is an SPTE that outlived its page.  With one L1 CPU the same choreography runs the pager only while the
  * vCPU is preempted (a negative control); its race line says so (pager_cpu == vcpu_cpu).  With --vcpus V every
  * vCPU spins at once on its own slice of the batch, vCPU k on L1 CPU k mod (CPUs - 1), each in a thread.
+ * With --race-split the cgroup's reclaim runs in a thread of its own on the CPU before the pager's, so that
+ * lockless aging (kvm_age_gfn from MGLRU's walk) and the pager's zaps of the same gfns can overlap.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -51,6 +53,7 @@ struct pager {
 	struct mailbox *mb[MAX_VCPUS]; /* their mailboxes: published sweeps, stop flags */
 	double until;                 /* elapsed() at which the pager stops the guest */
 	int cpu, reclaim_fd;
+	int reclaim_cpu;              /* --race-split: memory.reclaim in a thread of its own on this CPU, else -1 */
 	/* counts */
 	uint64_t pageouts, overlapped, reclaims, reclaim_errors;
 };
@@ -96,26 +99,43 @@ static uint64_t sweeps_published(const struct pager *p)
 	return sum;
 }
 
+/* memory.reclaim of about the batch's size: what is in the swap cache and no longer mapped goes out and is
+ * freed; with MGLRU, its aging walk clears the Accessed bits of KVM's SPTEs (kvm_age_gfn, lockless in 7.x). */
+static void reclaim_once(struct pager *p)
+{
+	char amount[32];
+	int len = snprintf(amount, sizeof(amount), "%llu", (unsigned long long)(p->n * PAGE));
+	/* EAGAIN: less than asked could be reclaimed, the usual answer for a small cgroup */
+	if (write(p->reclaim_fd, amount, len) == len || errno == EAGAIN)
+		__atomic_fetch_add(&p->reclaims, 1, __ATOMIC_RELAXED);
+	else
+		__atomic_fetch_add(&p->reclaim_errors, 1, __ATOMIC_RELAXED);
+}
+
+/* --race-split: reclaim (aging included) on its own CPU, so that aging and the pager's zaps run at once. */
+static void *reclaimer_main(void *arg)
+{
+	struct pager *p = arg;
+	if (pin_to(p->reclaim_cpu))
+		p->reclaim_cpu = -1;
+	while (elapsed() < p->until)
+		reclaim_once(p);
+	return NULL;
+}
+
 static void *pager_main(void *arg)
 {
 	struct pager *p = arg;
 	if (pin_to(p->cpu))
 		p->cpu = -1;
-	char amount[32];
-	int len = snprintf(amount, sizeof(amount), "%llu", (unsigned long long)(p->n * PAGE));
 	for (uint64_t it = 0; elapsed() < p->until; it++) {
 		uint64_t before = sweeps_published(p);
 		if (madvise(C.data + p->first * PAGE, p->n * PAGE, MADV_PAGEOUT) == 0)
 			p->pageouts++;
 		if (sweeps_published(p) != before)
 			p->overlapped++;
-		if (p->reclaim_fd >= 0 && it % RECLAIM_EVERY == RECLAIM_EVERY - 1) {
-			/* EAGAIN: less than asked could be reclaimed, the usual answer for a small cgroup */
-			if (write(p->reclaim_fd, amount, len) == len || errno == EAGAIN)
-				p->reclaims++;
-			else
-				p->reclaim_errors++;
-		}
+		if (p->reclaim_cpu < 0 && p->reclaim_fd >= 0 && it % RECLAIM_EVERY == RECLAIM_EVERY - 1)
+			reclaim_once(p);
 	}
 	for (int k = 0; k < p->nspin; k++)
 		*(volatile uint64_t *)&p->mb[k]->stop = 1;
@@ -198,7 +218,9 @@ static void run_race(uint64_t first, uint64_t n)
 	struct spinner sp[MAX_VCPUS];
 	uint64_t slice_first[MAX_VCPUS];
 	struct pager p = {.first = first, .n = n, .nspin = nspin, .until = elapsed() + C.o.race_ms / 1000.0,
-			  .cpu = ncpu > 1 ? ncpu - 1 : 0, .reclaim_fd = open_reclaim()};
+			  .cpu = ncpu > 1 ? ncpu - 1 : 0, .reclaim_fd = open_reclaim(), .reclaim_cpu = -1};
+	if (C.o.race_split && p.reclaim_fd >= 0) /* the CPU before the pager's: a vCPU's, with two L1 CPUs */
+		p.reclaim_cpu = ncpu > 1 ? ncpu - 2 : 0;
 	for (int k = 0; k < nspin; k++) {
 		slice_first[k] = arm_slice(k, nspin, first, n, &sp[k]);
 		sp[k].cpu = k % vcpu_cpus;
@@ -207,8 +229,9 @@ static void run_race(uint64_t first, uint64_t n)
 	long long f0 = guest_faults(&C.vm), x0, i0, x1, i1;
 	vcpu_stats(nspin, &x0, &i0);
 	double t0 = elapsed();
-	pthread_t pager;
-	if (pthread_create(&pager, NULL, pager_main, &p))
+	pthread_t pager, reclaimer;
+	if (pthread_create(&pager, NULL, pager_main, &p) ||
+	    (p.reclaim_cpu >= 0 && pthread_create(&reclaimer, NULL, reclaimer_main, &p)))
 		infra("race-pageout: pthread_create: %s", strerror(errno));
 	for (int k = 1; k < nspin; k++)
 		if (pthread_create(&sp[k].th, NULL, spinner_main, &sp[k]))
@@ -217,6 +240,8 @@ static void run_race(uint64_t first, uint64_t n)
 	for (int k = 1; k < nspin; k++)
 		pthread_join(sp[k].th, NULL);
 	pthread_join(pager, NULL);
+	if (p.reclaim_cpu >= 0)
+		pthread_join(reclaimer, NULL);
 	if (p.reclaim_fd >= 0)
 		close(p.reclaim_fd);
 	long long f1 = guest_faults(&C.vm);
@@ -233,12 +258,12 @@ static void run_race(uint64_t first, uint64_t n)
 	printf("@@MICRO {\"ev\":\"race\",\"chor\":\"%s\",\"round\":%llu,\"first_gfn\":%llu,\"npages\":%llu,"
 	       "\"spinning\":%d,\"sweeps\":%llu,\"pageouts\":%llu,\"overlapped\":%llu,\"reclaims\":%llu,"
 	       "\"reclaim_errors\":%llu,\"faults\":%lld,\"exits\":%lld,\"irq_exits\":%lld,\"vcpu_cpu\":%d,"
-	       "\"pager_cpu\":%d,\"cpus\":%d,\"ms\":%.1f,\"t\":%.3f}\n",
+	       "\"pager_cpu\":%d,\"reclaim_cpu\":%d,\"cpus\":%d,\"ms\":%.1f,\"t\":%.3f}\n",
 	       C.chor, (unsigned long long)C.round, (unsigned long long)(DATA_GPA / PAGE + first),
 	       (unsigned long long)n, nspin, (unsigned long long)sweeps, (unsigned long long)p.pageouts,
 	       (unsigned long long)p.overlapped, (unsigned long long)p.reclaims, (unsigned long long)p.reclaim_errors,
 	       f0 < 0 || f1 < 0 ? -1 : f1 - f0, x0 < 0 || x1 < 0 ? -1 : x1 - x0, i0 < 0 || i1 < 0 ? -1 : i1 - i0,
-	       sp[0].cpu, p.cpu, ncpu, (elapsed() - t0) * 1000, elapsed());
+	       sp[0].cpu, p.cpu, p.reclaim_cpu, ncpu, (elapsed() - t0) * 1000, elapsed());
 }
 
 void chor_race_pageout(uint64_t first, uint64_t n)

@@ -28,7 +28,7 @@ enum backend { B_ANON, B_THP, B_MEMFD, B_FILE };
 
 struct opts {
 	uint64_t pages, rounds, seed, batch, selftest, race_ms;
-	int vcpus, backend;
+	int vcpus, backend, race_split;
 	const char *file;
 	int chors[16], nchors;
 };

@@ -19,7 +19,7 @@ def microvm_argv(s) -> list[str]:
             "--backend", s.memory_backend, "--chor", ",".join(m.choreographies), "--vcpus", str(m.vcpus),
             "--batch", str(m.batch), "--selftest", str(m.selftest_pages)]
     if any(c in RACE_CHOREOGRAPHIES for c in m.choreographies):
-        argv += ["--race-ms", str(m.race_ms)]
+        argv += ["--race-ms", str(m.race_ms)] + (["--race-split"] if m.race_split else [])
     if s.memory_backend == "file":
         argv += ["--file", MICRO_DATA_FILE]
     return argv

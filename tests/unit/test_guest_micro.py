@@ -308,3 +308,5 @@ def test_microvm_argv_carries_race_ms_only_for_a_race_choreography():
     argv = microvm_argv(s)
     assert argv[argv.index("--chor") + 1] == "race-pageout" and argv[-2:] == ["--race-ms", "700"]
     assert "--race-ms" not in microvm_argv(parse_scenario("guest: micro"))
+    split = microvm_argv(parse_scenario("guest: micro\nmicro: {choreographies: [race-pageout], race_split: true}"))
+    assert split[-3:] == ["--race-ms", "1000", "--race-split"]
