@@ -209,7 +209,8 @@ class FakeShell:
     broken = False
 
     def __init__(self, facts: str, filter_ok: bool = True):
-        self.facts, self.filter_ok, self.cmds = facts, filter_ok, []
+        self.facts, self.filter_ok = facts, filter_ok
+        self.cmds: list[str] = []
 
     def run(self, cmd, timeout=None, check=True):
         self.cmds.append(cmd)
@@ -250,3 +251,58 @@ def test_capture_keeps_installs_for_the_micro_guest(tmp_path: Path, guest: str, 
         assert "'gfn >= 0x100000 && gfn < 0x100040'" in wrote[0]
     assert run["trace"]["spte_installs_traced"] is traced and cap.checker.installs_traced is traced
     assert cap.checker.rules["R5"].ran
+
+
+# ---- a run whose L1 stops answering still judges the trace that reached L0 (harness/scenario/case.py) ---------
+def test_l1_lost_mid_run_still_judges_the_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from harness.config import Scenario
+    from harness.errors import InfraError
+    from harness.guest import guest_for
+    from harness.scenario import case, l1host, tracing
+    from harness.scenario.case import new_evidence
+
+    calls: list[Any] = []
+
+    class FakeCapture:  # the capture of a run whose micro-guest convicted: one R5 finding
+        def __init__(self, *a: Any, **k: Any) -> None:
+            self.run: dict[str, Any] = {"trace": {"rules": {"R5": {"violations": 1}}}}
+
+        def start(self) -> None:
+            calls.append("start")
+
+        def stop(self) -> None:
+            calls.append("stop")
+
+        def judge(self, ledger: Any) -> list[dict[str, Any]]:
+            calls.append(("judge", ledger))
+            return [{"oracle": "trace", "layer": "L1", "kind": "R5-violation", "title": "trace rule R5: 1 x"}]
+
+    class LostMonitor:  # L1 stops answering while the guest runs
+        def __init__(self, *a: Any, **k: Any) -> None:
+            pass
+
+        def run(self, t_l2: float, deadline: float) -> None:
+            raise InfraError("L1 command failed (exit -1): cat /proc/vmstat")
+
+    monkeypatch.setattr(tracing, "TraceCapture", FakeCapture)
+    monkeypatch.setattr(l1host, "Monitor", LostMonitor)
+    monkeypatch.setattr(case, "_setup_l1", lambda *a, **k: None)
+    monkeypatch.setattr(case, "_monitor_facts", lambda *a, **k: None)
+    s = Scenario(guest="micro", trace={"enabled": True})
+    ev = new_evidence(s, "default", None)
+    sh = SimpleNamespace(run=lambda *a, **k: "", broken="SSH connection to L1 lost")
+    class Log:  # RunProgress: callable, with phases
+        ledger = sample = None
+
+        def __call__(self, *a: Any) -> None:
+            pass
+
+        def phase(self, *a: Any) -> None:
+            pass
+
+    with pytest.raises(InfraError):
+        case._drive_l1(s, guest_for(s), ev, tmp_path, sh, None, 1.0, 1e18, 0.0, Log())  # type: ignore[arg-type]
+    assert calls == ["start", "stop", ("judge", None)]  # stopped once, judged without a ledger
+    assert [f.kind for f in ev.trace_findings] == ["R5-violation"] and ev.trace["rules"]["R5"]["violations"] == 1
