@@ -247,6 +247,9 @@ class TraceCapture:
             return []
         chk = self.checker
         t = time.monotonic()
+        lost_l1 = bool(self.sh.broken) or ledger is None
+        if lost_l1:
+            chk.truncate()  # the stream ends where L1 stopped: a check waiting on later lines is unresolved, not judged
         res = chk.finish()
         lost_ring = self.stop_stats.get("overrun", 0) + self.stop_stats.get("dropped", 0)
         lost = max(lost_ring, res.lost_events)
@@ -257,7 +260,7 @@ class TraceCapture:
             incomplete.append(f"trace cut at trace.max_mb={self.s.trace.max_mb}")
         if self.error:
             incomplete.append(f"reader error: {self.error}")
-        if self.sh.broken or ledger is None:
+        if lost_l1:
             incomplete.append("L1 stopped answering: the trace ends where its stream did")
         bad_gfns = oracle.ledger_gfns(ledger)
         findings = oracle.findings(res, incomplete=incomplete, ledger_gfns=bad_gfns)

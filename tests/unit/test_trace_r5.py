@@ -306,3 +306,23 @@ def test_l1_lost_mid_run_still_judges_the_trace(tmp_path: Path, monkeypatch: pyt
         case._drive_l1(s, guest_for(s), ev, tmp_path, sh, None, 1.0, 1e18, 0.0, Log())  # type: ignore[arg-type]
     assert calls == ["start", "stop", ("judge", None)]  # stopped once, judged without a ledger
     assert [f.kind for f in ev.trace_findings] == ["R5-violation"] and ev.trace["rules"]["R5"]["violations"] == 1
+
+
+def test_a_capture_whose_l1_was_lost_leaves_the_last_frees_unresolved(tmp_path: Path) -> None:
+    from harness.config import Scenario
+    from harness.scenario.tracing import TraceCapture
+    facts = "event=kvmmmu:kvm_tdp_mmu_spte_changed\nevent=kmem:mm_page_free\nkprobe=dirty_page:x\n"
+    run: dict[str, Any] = {"kernel": {"source": "debian-package", "release": "7.2.13+deb14-amd64"},
+                           "l1": {"kvm_module": "kvm_amd"}}
+    sh = FakeShell(facts)
+    cap = TraceCapture(sh, Scenario(guest="micro"), tmp_path, run, gfn_range=(0x100000, 0x100040))
+    cap.start()
+    assert cap.thread is not None and cap.checker is not None
+    cap.thread.join(5)
+    for ln in (MAP, free(1.2, 1, P)):  # the last lines that reached L0: a free still waiting ORDER_S
+        cap.checker.feed(ln)
+    sh.broken = "SSH connection to L1 lost"  # type: ignore[assignment]
+    findings = cap.judge(None)
+    r5 = run["trace"]["rules"]["R5"]
+    assert (r5["events_checked"], r5["violations"], r5["unresolved_at_end"]) == (1, 0, 1) and not findings
+    assert "L1 stopped answering" in r5["why"]
