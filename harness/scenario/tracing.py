@@ -14,6 +14,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 from harness.guest.contract import linux_l2_gfn_range
 from harness.oracles import trace as oracle
@@ -24,8 +25,13 @@ from harness.vm.ssh import L1Shell, Stream
 # trace-reader (guest-images/l1/trace-reader.c) drains trace_pipe every READ_INTERVAL_MS instead of following the
 # writer event by event: a reader that keeps up cuts and silently loses events on 6.12 (docs/trace-oracle.md).
 READ_INTERVAL_MS = 100
-PIPE_CMD = (f"(/harness/trace-reader {READ_INTERVAL_MS} & echo $! > /run/trace-pipe.pid; wait) | "
-            "{ gzip -1 -c 2>/dev/null || gzip -c; }")
+READER_CMD = f"(/harness/trace-reader {READ_INTERVAL_MS} & echo $! > /run/trace-pipe.pid; wait)"
+PIPE_CMD = READER_CMD + " | { gzip -1 -c 2>/dev/null || gzip -c; }"
+# The micro-guest's trace streams uncompressed (L0 compresses it): ~2 MB a run costs dropbear little, and L1's
+# busybox gzip emits its output 16 KiB at a time, i.e. ~1 s of trace behind.  A race mutant often kills L1 or
+# its VMM a second or two into the run: 9 of 24 such runs ended with no byte of trace at L0 (a 10-byte file), 8
+# more lost their last 16 KiB block -- the frees R5 judges (measured 2026-12-06, race-pageout, 7.2 and 6.12).
+RAW_CMD = READER_CMD
 
 
 def kernel_version(release: str | None) -> tuple[int, int]:
@@ -57,6 +63,34 @@ def choose_ruleset(requested: str, release: str | None, symbols: set[str], patch
     return "zap-time", f"kernel {release} <= 6.12 with kvm_set_pfn_dirty: dirty marked at SPTE zap"
 
 
+class StreamStore:
+    """trace.txt.gz as the stream arrives: L1's gzip bytes stored as they come (concatenated members included), or
+    raw text compressed here with a sync flush per chunk, so the file holds all that arrived whatever ends the run.
+    `put(chunk)` stores it and returns its text."""
+
+    def __init__(self, out: BinaryIO, raw: bool):
+        self.out = out
+        self.unz = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if raw else None
+
+    def put(self, chunk: bytes) -> bytes:
+        if self.z is not None:
+            self.out.write(self.z.compress(chunk) + self.z.flush(zlib.Z_SYNC_FLUSH))
+            return chunk
+        self.out.write(chunk)
+        data = self.unz.decompress(chunk)
+        while self.unz.eof and self.unz.unused_data:  # concatenated gzip members (gzip restarted)
+            rest = self.unz.unused_data
+            self.unz = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            data += self.unz.decompress(rest)
+        return data
+
+    def close(self) -> None:
+        if self.z is not None:
+            self.out.write(self.z.flush())
+            self.z = None
+
+
 class TraceCapture:
     def __init__(self, sh, scenario, case_dir, run, gfn_range: tuple[int, int] | None = None,
                  armed_at: str = "l2-init"):
@@ -85,6 +119,7 @@ class TraceCapture:
         self.t_stop: float | None = None
         self.armed = False
         self.stream_sh: L1Shell | None = None
+        self.raw = False  # the stream is uncompressed text (the micro-guest's), not L1's gzip
 
     # -- L1 side -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,7 +182,9 @@ class TraceCapture:
         except Exception as e:
             tr["stream_connection"] = f"shared with control ({e})"
         self.stream_sh = stream_sh
-        self.chan = stream_sh.stream(PIPE_CMD)
+        self.raw = s.guest == "micro"
+        tr["stream"] = "raw, compressed in L0" if self.raw else "gzip in L1"
+        self.chan = stream_sh.stream(RAW_CMD if self.raw else PIPE_CMD)
         self.t_start = time.monotonic()
         self.thread = threading.Thread(target=self._reader, name="trace-reader", daemon=True)
         self.thread.start()
@@ -168,46 +205,48 @@ class TraceCapture:
         stream, chk = self.chan, self.checker
         if stream is None or chk is None:  # start() opens the stream only once the checker is armed
             return
-        buf = b""
-        unz = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            with open(self.path, "wb") as out:  # L1's gzip stream, stored as it comes
-                while True:
-                    raw = stream.read_ready()
-                    if not raw:
-                        if stream.ended():
-                            break
-                        # after stop(): the last batch, unless L1 is gone (its pipe then never ends)
-                        if self.stopping.is_set() and (time.monotonic() - self.last_data > 20 or self.sh.broken):
-                            break
-                        time.sleep(0.02)
-                        continue
-                    self.last_data = time.monotonic()
-                    if self.truncated:
-                        continue
-                    out.write(raw)
-                    data = unz.decompress(raw)
-                    while unz.eof and unz.unused_data:  # concatenated gzip members (gzip restarted)
-                        rest = unz.unused_data
-                        unz = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                        data += unz.decompress(rest)
-                    self.bytes += len(data)
-                    buf += data
-                    *lines, buf = buf.split(b"\n")
-                    self.lines += len(lines)
-                    for ln in lines:
-                        chk.feed(ln)
-                    if self.bytes > self.max_bytes:
-                        self.truncated = True
-                        chk.truncate()
-                        try:
-                            self.sh.run("echo 0 > /sys/kernel/tracing/tracing_on", timeout=30, check=False)
-                        except Exception:
-                            pass
+            with open(self.path, "wb") as out:
+                store = StreamStore(out, self.raw)
+                try:
+                    buf = self._pump(stream, chk, store)
+                finally:
+                    store.close()  # a whole gzip file, whatever ended the stream
                 if buf and not self.truncated:
                     chk.feed(buf)
         except Exception as e:  # recorded; the rules then say they could not finish
             self.error = repr(e)
+
+    def _pump(self, stream: Stream, chk: oracle.Checker, store: StreamStore) -> bytes:
+        """Store and check the stream until it ends (or L1 is gone after stop()); returns the unfinished line."""
+        buf = b""
+        while True:
+            raw = stream.read_ready()
+            if not raw:
+                if stream.ended():
+                    return buf
+                # after stop(): the last batch, unless L1 is gone (its pipe then never ends)
+                if self.stopping.is_set() and (time.monotonic() - self.last_data > 20 or self.sh.broken):
+                    return buf
+                time.sleep(0.02)
+                continue
+            self.last_data = time.monotonic()
+            if self.truncated:
+                continue
+            data = store.put(raw)
+            self.bytes += len(data)
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            self.lines += len(lines)
+            for ln in lines:
+                chk.feed(ln)
+            if self.bytes > self.max_bytes:
+                self.truncated = True
+                chk.truncate()
+                try:
+                    self.sh.run("echo 0 > /sys/kernel/tracing/tracing_on", timeout=30, check=False)
+                except Exception:
+                    pass
 
     def stop(self) -> None:
         if not self.armed:

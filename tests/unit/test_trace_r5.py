@@ -326,3 +326,56 @@ def test_a_capture_whose_l1_was_lost_leaves_the_last_frees_unresolved(tmp_path: 
     r5 = run["trace"]["rules"]["R5"]
     assert (r5["events_checked"], r5["violations"], r5["unresolved_at_end"]) == (1, 0, 1) and not findings
     assert "L1 stopped answering" in r5["why"]
+
+
+# ---- the micro-guest's stream: raw text compressed in L0, every chunk readable at once ---------------------
+def test_stream_store_raw_keeps_every_chunk_readable_and_gzip_passes_members_through(tmp_path: Path) -> None:
+    import gzip
+    import io
+    import zlib
+
+    from harness.scenario.tracing import StreamStore
+    chunks = [MAP + b"\n", free(1.2, 1, P) + b"\n" + LATER[:30], LATER[30:] + b"\n"]
+    out = io.BytesIO()
+    st = StreamStore(out, raw=True)
+    assert [st.put(c) for c in chunks] == chunks
+    # L1 died here (close() never ran): everything that arrived decodes from the file as it stands
+    assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(out.getvalue()) == b"".join(chunks)
+    st.close()
+    assert gzip.decompress(out.getvalue()) == b"".join(chunks)
+    members = gzip.compress(chunks[0]) + gzip.compress(chunks[1] + chunks[2])  # L1's gzip, restarted once
+    out2 = io.BytesIO()
+    st2 = StreamStore(out2, raw=False)
+    got = st2.put(members[:25]) + st2.put(members[25:])
+    st2.close()
+    assert got == b"".join(chunks) and out2.getvalue() == members
+
+
+def test_micro_capture_streams_raw_text_and_stores_gzip(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from harness.config import Scenario
+    from harness.scenario.tracing import PIPE_CMD, RAW_CMD, TraceCapture
+
+    class Shell(FakeShell):
+        def stream(self, cmd: str) -> Any:
+            self.cmds.append(cmd)
+            data = [MAP + b"\n" + free(1.2, 1, P)[:20], free(1.2, 1, P)[20:] + b"\n" + LATER + b"\n"]
+            return SimpleNamespace(read_ready=lambda: data.pop(0) if data else b"", ended=lambda: not data,
+                                   close=lambda: None)
+
+    facts = "event=kvmmmu:kvm_tdp_mmu_spte_changed\nevent=kmem:mm_page_free\nkprobe=dirty_page:x\n"
+    for guest, cmd in (("micro", RAW_CMD), ("linux", PIPE_CMD)):
+        run: dict[str, Any] = {"kernel": {"source": "debian-package", "release": "7.2.13+deb14-amd64"},
+                               "l1": {"kvm_module": "kvm_amd"}}
+        sh = Shell(facts)
+        cap = TraceCapture(sh, Scenario(guest=guest), tmp_path, run, gfn_range=(0x100000, 0x100040))
+        cap.start()
+        assert cap.thread is not None
+        cap.thread.join(5)
+        assert sh.cmds[-1] == cmd
+        if guest == "micro":
+            assert "gzip" not in cmd and run["trace"]["stream"] == "raw, compressed in L0"
+            assert [ln for ln in T.open_lines(cap.path)] == [MAP, free(1.2, 1, P), LATER] and cap.lines == 3
+            r5 = cap.checker.finish().rules["R5"] if cap.checker else None
+            assert r5 is not None and (r5.checked, r5.violations) == (1, 1)
