@@ -29,8 +29,9 @@ READER_CMD = f"(/harness/trace-reader {READ_INTERVAL_MS} & echo $! > /run/trace-
 PIPE_CMD = READER_CMD + " | { gzip -1 -c 2>/dev/null || gzip -c; }"
 # The micro-guest's trace streams uncompressed (L0 compresses it): ~2 MB a run costs dropbear little, and L1's
 # busybox gzip emits its output 16 KiB at a time, i.e. ~1 s of trace behind.  A race mutant often kills L1 or
-# its VMM a second or two into the run: 9 of 24 such runs ended with no byte of trace at L0 (a 10-byte file), 8
-# more lost their last 16 KiB block -- the frees R5 judges (measured 2026-12-06, race-pageout, 7.2 and 6.12).
+# its VMM a second or two into the run: 6 of 24 such runs ended with no byte of trace at L0 (a 10-byte file), 9
+# more with their trace cut at a 16 KiB block -- the frees R5 judges (measured 2026-12-06, race-pageout, 7.2
+# and 6.12, race-7.2-a / race-6.12-a).
 RAW_CMD = READER_CMD
 
 
