@@ -23,7 +23,7 @@ Your own tree, in three commands:
 
 Reading a finding: summary.txt in the results folder opens with at most ten lines:
   verdict  FINDING (exit 1) and what was lost (pages, the first L2 gfn and the L1 pfn that held it)
-  rule     the trace rule broken (R1..R4, docs/trace-oracle.md)
+  rule     the trace rule broken (R1..R5, docs/trace-oracle.md)
   change   the commit or the patches under test
   next     harness reproduce RUN, harness bisect ... filled in for this run
   then the details; reproduce.sh reruns the case on another machine from one file.
@@ -34,4 +34,6 @@ For scripts: harness run --json, harness doctor --json (one JSON object on stdou
 CI and bare metal: docs/ci/ (GitHub, GitLab templates), harness doctor --require-kvm,
 make test-on-hardware (docs/hardware.md), harness remote HOST run|matrix, harness lava-job.
 Micro-guests (no L2 kernel): docs/microguest.md.
+A suspected race (a vCPU writing while reclaim runs on another CPU): harness run races [--tree ~/linux --build];
+harness matrix nightly-races; docs/races.md.
 Measurements (catch times, false positives, costs) and their history: docs/measurements.md."""
