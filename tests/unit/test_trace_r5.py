@@ -25,9 +25,11 @@ def check(ls: list[bytes], ruleset: str = "create-time", available: set[str] | N
 
 
 # ---- recorded: race-pageout on 7.2 (first 7000 lines of each run's trace; the runs' ledger verdicts) -----------
-RECORDED = [  # fixture, ruleset, R5 violations, the gfns the ledger found stale in that run (L2 gfns)
+RECORDED = [  # fixture, ruleset, R5 violations, the gfns R5 names (L2 gfns: the ledger's stale ones where it verified)
     ("r5-race-7.2-a-amd.txt.gz", "create-time", 2, {0x10000C, 0x100011}),
     ("r5-clean-7.2-amd.txt.gz", "create-time", 0, set()),
+    # L1 stopped answering before the ledger verified a page: R5 alone names the first batch's 16 pages
+    ("r5-race-7.2-a-l1-lost-amd.txt.gz", "create-time", 16, set(range(0x100000, 0x100010))),
     ("r5-ctl-7.2-amd.txt.gz", "create-time", 0, set()),
     # 6.12 is a zap-time kernel: the micro-guest's capture keeps the installs there (tracing.py)
     ("r5-race-6.12-a-amd.txt.gz", "zap-time", 18, {*range(0x100000, 0x100010), 0x100011, 0x100019}),
@@ -41,7 +43,7 @@ def test_recorded_race_pageout(name: str, ruleset: str, violations: int, stale: 
     layout = LAY72 if ruleset == "create-time" else table_layout("6.12", "amd")
     res = T.check_lines(ls, "amd", ruleset, TDP | {"dirty_pfn"}, layout=layout, installs_traced=True)
     st = res.rules["R5"]
-    assert st.ran and st.checked > 100  # frees of pfns an SPTE had mapped: a clean run checks many
+    assert st.ran and st.checked > 75  # frees of pfns an SPTE had mapped: a clean run checks many
     assert st.violations == violations
     assert {e["gfn"] for e in st.examples} == stale  # each violation is a page the ledger found stale
     assert st.dropped_by_loss == st.dropped_by_cut == st.dropped_by_order == 0
