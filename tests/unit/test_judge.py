@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from harness.evidence import CaseEvidence, Finding, L1Facts, L2Facts, MonitorEvent, infra
-from harness.oracles.judge import CaseLogs, judge, l2_ended_by_oom, tcg_l2_crash_without_evidence
+from harness.oracles.judge import (CaseLogs, judge, l2_ended_by_oom, tcg_l2_crash_without_evidence,
+                                    tcg_text_patch_flakes)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures/runs"
 
@@ -179,3 +180,30 @@ def test_a_rule_that_applies_but_checked_nothing_is_not_a_pass():
     assert "R2" in j.findings[0].title and "R1" not in j.findings[0].title
     rules["R2"]["events_checked"] = 5
     assert judge(evidence(trace={"enabled": True, "rules": rules}), CaseLogs(l2_result=ledger_lines(12))).verdict == "pass"
+
+
+# -- the QEMU TCG text-patching flake in L1 (docs/races.md) ------------------------------------------------------
+INT3_CONSOLE = Path(__file__).parent.parent / "fixtures/tcg-int3/l1-console-after-ready.log"
+
+
+def test_an_l1_int3_oops_under_tcg_is_infra_and_retried():
+    """A real L1 console (clean 6.12, two CPUs, tracing enabled after L1 was ready): the mm_page_free tracepoint's
+    jump label in free_unref_page was being patched while the other vCPU ran it."""
+    logs = CaseLogs(l2_result=ledger_lines(12), l1_console=INT3_CONSOLE.read_text())
+    j = judge(evidence(), logs)
+    assert j.verdict == "infra-error" and j.retry and "text-patching flake" in j.retry
+    assert [f.kind for f in j.findings if f.layer == "L1"] == ["tcg-int3"]
+    assert not any(f.real for f in j.findings)
+
+
+def test_tcg_text_patch_flakes_table():
+    oops = Finding(oracle="console", layer="L1", kind="oops", title="Oops in tlb_finish_mmu",
+                   excerpt="[    7.75] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI")
+    other = Finding(oracle="console", layer="L1", kind="bug", title="BUG: KASAN: use-after-free in x",
+                    excerpt="BUG: KASAN")
+    l2 = Finding(oracle="console", layer="L2", kind="oops", title="Oops", excerpt="Oops: int3")
+    assert tcg_text_patch_flakes("kvm", [oops]) == ([oops], None)  # only the emulator has the flake
+    rest, why = tcg_text_patch_flakes("tcg", [oops, other, l2])
+    assert why and "tlb_finish_mmu" in why
+    assert rest[:2] == [other, l2] and rest[2].kind == "tcg-int3" and not rest[2].real
+    assert tcg_text_patch_flakes("tcg", [other]) == ([other], None)
