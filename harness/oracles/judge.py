@@ -239,7 +239,8 @@ def tcg_text_patch_flakes(accel_mode: str | None, consoles: list[Finding]) -> tu
     flakes = [f for f in consoles if f.layer == "L1" and TCG_INT3 in (f.excerpt or "") + f.title]
     if not flakes:
         return consoles, None
-    why = f"L1 hit the QEMU TCG text-patching flake ({flakes[0].title}: {TCG_INT3})"
+    rip = re.search(r"RIP: 0010:(\S+)", flakes[0].excerpt or "")
+    why = f"L1 hit the QEMU TCG text-patching flake ({TCG_INT3} at {rip.group(1) if rip else flakes[0].title})"
     rest = [f for f in consoles if f not in flakes]
     return rest + [infra("L1", "tcg-int3", f"{why}: an emulator fault, not judged")], why
 

@@ -191,7 +191,7 @@ def test_an_l1_int3_oops_under_tcg_is_infra_and_retried():
     jump label in free_unref_page was being patched while the other vCPU ran it."""
     logs = CaseLogs(l2_result=ledger_lines(12), l1_console=INT3_CONSOLE.read_text())
     j = judge(evidence(), logs)
-    assert j.verdict == "infra-error" and j.retry and "text-patching flake" in j.retry
+    assert j.verdict == "infra-error" and j.retry and "text-patching flake (Oops: int3 at free_unref_page+0x81" in j.retry
     assert [f.kind for f in j.findings if f.layer == "L1"] == ["tcg-int3"]
     assert not any(f.real for f in j.findings)
 
@@ -204,6 +204,6 @@ def test_tcg_text_patch_flakes_table():
     l2 = Finding(oracle="console", layer="L2", kind="oops", title="Oops", excerpt="Oops: int3")
     assert tcg_text_patch_flakes("kvm", [oops]) == ([oops], None)  # only the emulator has the flake
     rest, why = tcg_text_patch_flakes("tcg", [oops, other, l2])
-    assert why and "tlb_finish_mmu" in why
+    assert why and "Oops: int3 at Oops in tlb_finish_mmu" in why  # no RIP line in the excerpt: the title
     assert rest[:2] == [other, l2] and rest[2].kind == "tcg-int3" and not rest[2].real
     assert tcg_text_patch_flakes("tcg", [other]) == ([other], None)
