@@ -124,6 +124,19 @@ def _modules_expected(config_text: str) -> bool:
     return kconfig.parse_config(config_text).get("CONFIG_MODULES") == "y"
 
 
+def _modules_stamp(tree: Path, order: Path) -> str:
+    """Size and mtime of every module modules.order names (x.o -> x.ko): a change that rebuilds only a module
+    (kvm.ko, with no LOCALVERSION_AUTO to change the bzImage) makes another artifact, not the stale one."""
+    if not order.is_file():
+        return "-"
+    out = []
+    for line in order.read_text().split():
+        ko = tree / (line.removesuffix(".o") + ".ko")
+        st = ko.stat() if ko.is_file() else None
+        out.append(f"{line}:{st.st_size}:{st.st_mtime_ns}" if st else f"{line}:-")
+    return "\n".join(out)
+
+
 def built_tree_kernel(tree: Path, change: dict, log=print) -> Path:
     """The artifact of an already built tree (in place or its O= folder): bzImage, .config checked, modules
     installed from the tree.  Keyed by (bzImage, .config, modules.order) hashes: a rebuild gets a new one."""
@@ -143,6 +156,7 @@ def built_tree_kernel(tree: Path, change: dict, log=print) -> Path:
     digest = hashlib.sha256()
     for f in (bz, cfg, order):
         digest.update((sha256_file(f) if f.is_file() else "-").encode())
+    digest.update(_modules_stamp(tree, order).encode())
     key = f"{slug(tree)}-built-{digest.hexdigest()[:16]}"
     if (_kernels() / key / "meta.json").is_file():
         return _kernels() / key

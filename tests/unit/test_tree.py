@@ -194,6 +194,9 @@ def test_built_tree_with_zstd_modules_becomes_an_artifact(tmp_path, monkeypatch)
     assert (art / "modules/lib/modules/7.2.13/kernel/arch/x86/kvm/kvm.ko").read_bytes() == b"fake"
     assert (art / "bzImage").read_bytes() == b"bz" and meta["change"]["repo"] == "linux"
     assert tree.tree_kernel(t, build=False) == art          # same tree, same artifact
+    (t / "arch/x86/kvm").mkdir(parents=True)
+    (t / "arch/x86/kvm/kvm.ko").write_bytes(b"rebuilt")      # a module rebuilt, the bzImage unchanged
+    assert tree.tree_kernel(t, build=False) != art
 
 
 def test_built_tree_missing_symbols_is_exit_2(tmp_path, monkeypatch):
