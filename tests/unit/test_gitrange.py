@@ -3,12 +3,12 @@ series bisect's policy driven over commits (recorded verdict sequences), and bot
 git repository with the kernel build and the run replaced by a recorded verdict per commit."""
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.gitcmd import git
 from harness.errors import InfraError, InputError
 from harness.fleet import gitrange
 from harness.fleet.bisect import SKIP, drive
@@ -88,10 +88,7 @@ def test_bisect_policy_over_commits(n, per_index, repeats, status, first_bad, ca
 
 # ---------------------------------------------------------------------------------------------- end to end
 def _git(repo: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="Dev", GIT_AUTHOR_EMAIL="dev@x", GIT_COMMITTER_NAME="Dev",
-               GIT_COMMITTER_EMAIL="dev@x")
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    return git(repo, *args, name="Dev", email="dev@x")
 
 
 @pytest.fixture

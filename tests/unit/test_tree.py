@@ -6,12 +6,12 @@ import argparse
 import gzip
 import json
 import lzma
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.gitcmd import git
 from harness.errors import InputError
 from harness.kernel import change, kconfig, tree
 
@@ -85,11 +85,7 @@ def test_change_label(ch, patches, want):
     assert change.change_label(ch, patches) == want
 
 
-def _git(repo: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="T", GIT_AUTHOR_EMAIL="t@x", GIT_COMMITTER_NAME="T",
-               GIT_COMMITTER_EMAIL="t@x")
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+_git = git
 
 
 @pytest.fixture

@@ -5,21 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.gitcmd import git
 from harness.errors import InputError
 from harness.kernel import treebuild
 
 
-def _git(repo: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="T", GIT_AUTHOR_EMAIL="t@x", GIT_COMMITTER_NAME="T",
-               GIT_COMMITTER_EMAIL="t@x")
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+_git = git
 
 
 @pytest.fixture
