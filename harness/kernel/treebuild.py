@@ -198,13 +198,17 @@ def base_config(tree: Path, src: Path, defconfig: str | None) -> tuple[Path, dic
                "why": "the tree has no .config"}, frags
 
 
+def config_cache_path(start: Path, frags: list[Path], kdigest: str, mv: list[str], cc: str) -> Path:
+    key = _h({"start": start.read_text(errors="replace"), "frags": [(f.name, f.read_text()) for f in frags],
+              "kconfig": kdigest, "make_vars": mv, "compiler": cc, "kind": "tree"})
+    return cache_dir() / "kconfig" / f"tree-{key[:32]}.config"
+
+
 def configure(src: Path, staging: Path, start: Path, frags: list[Path], kdigest: str, mv: list[str],
               cc: str, log) -> str:
     """Final .config text: merge_config.sh + olddefconfig + the fragment check (kconfig.configure), cached by
     (start config, fragments, Kconfig files, make variables, compiler)."""
-    key = _h({"start": start.read_text(errors="replace"), "frags": [(f.name, f.read_text()) for f in frags],
-              "kconfig": kdigest, "make_vars": mv, "compiler": cc, "kind": "tree"})
-    cached = cache_dir() / "kconfig" / f"tree-{key[:32]}.config"
+    cached = config_cache_path(start, frags, kdigest, mv, cc)
     if cached.is_file():
         return cached.read_text()
     if frags:
@@ -233,6 +237,24 @@ def _olddefconfig(src: Path, staging: Path, start: Path, mv: list[str]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # the build
 # ----------------------------------------------------------------------------------------------------------
+def artifact_key(key_prefix: str, change: dict, config_text: str, mv: list[str]) -> str:
+    """Pure: the artifact's name from (HEAD commit, uncommitted diff hash, final .config hash, make variables)."""
+    cfg_sha = hashlib.sha256(config_text.encode()).hexdigest()
+    head = (change.get("head") or {}).get("sha")
+    return f"{key_prefix}-{_h({'head': head, 'diff': change.get('diff_sha256'), 'config': cfg_sha, 'mv': mv})[:16]}"
+
+
+def cached_artifact(start: Path, frags: list[Path], kdigest: str, change: dict, key_prefix: str) -> Path | None:
+    """The artifact of these inputs when its configured .config and the artifact itself are both in the cache:
+    then a build needs neither the sync nor make (a git-range step or a reproducer of something built)."""
+    mv = make_vars()
+    cached = config_cache_path(start, frags, kdigest, mv, compiler_version())
+    if not cached.is_file():
+        return None
+    art = _kernels() / artifact_key(key_prefix, change, cached.read_text(), mv)
+    return art if (art / "meta.json").is_file() else None
+
+
 def build_source(src: Path, objdir: Path, start: Path, start_desc: dict, frags: list[Path], kdigest: str,
                  change: dict, key_prefix: str, log) -> Path:
     """Configure and build `src` with O=objdir (reused), install into a cache artifact; cache hit by key =
@@ -241,8 +263,7 @@ def build_source(src: Path, objdir: Path, start: Path, start_desc: dict, frags: 
     mv, cc = make_vars(), compiler_version()
     config_text = configure(src, objdir.with_name(objdir.name + ".kconfig"), start, frags, kdigest, mv, cc, log)
     cfg_sha = hashlib.sha256(config_text.encode()).hexdigest()
-    head = (change.get("head") or {}).get("sha")
-    key = f"{key_prefix}-{_h({'head': head, 'diff': change.get('diff_sha256'), 'config': cfg_sha, 'mv': mv})[:16]}"
+    key = artifact_key(key_prefix, change, config_text, mv)
     if (_kernels() / key / "meta.json").is_file():
         return _kernels() / key
     objdir.mkdir(parents=True, exist_ok=True)
@@ -303,13 +324,18 @@ def build_tree(tree: Path, change: dict, defconfig: str | None, log=print, confi
     with file_lock(cache_dir() / "src" / f"{name}.lock"):
         t = time.monotonic()
         names = tree_files(tree)
+        # the tree's defconfigs and Kconfig files are what the copy will hold: read there, before any sync
+        start, desc, frags = base_config(config_tree or tree, tree, defconfig)
+        if config_file is not None:
+            start, desc, frags = config_file, {"kind": "verbatim", "name": config_file.name,
+                                               "sha256": sha256_file(config_file)}, []
+        kdigest = kconfig_digest(tree, names)
+        hit = cached_artifact(start, frags, kdigest, change, name)
+        if hit is not None:
+            log(f"{hit.name} is in the cache (same commit, diff and .config): no sync, no make")
+            return hit
         src.mkdir(parents=True, exist_ok=True)
         st = sync_tree(tree, src, names)
         log(f"synced {tree} -> {src}: {st['copied']} file(s) written, {st['deleted']} deleted, "
             f"{st['identical']} touched but identical kept, of {st['files']} ({time.monotonic() - t:.1f} s)")
-        start, desc, frags = base_config(config_tree or tree, src, defconfig)
-        if config_file is not None:
-            start, desc, frags = config_file, {"kind": "verbatim", "name": config_file.name,
-                                               "sha256": sha256_file(config_file)}, []
-        return build_source(src, cache_dir() / "obj" / name, start, desc, frags, kconfig_digest(src, names),
-                            change, name, log)
+        return build_source(src, cache_dir() / "obj" / name, start, desc, frags, kdigest, change, name, log)

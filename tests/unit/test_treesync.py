@@ -190,3 +190,34 @@ def test_sync_tree_keeps_a_copy_made_by_the_first_version(repo, tmp_path):
     st = treebuild.sync_tree(repo, dest, names)
     assert (st["copied"], st["compared"], st["deleted"]) == (0, 0, 0)
     assert isinstance(json.loads(dest.with_name("copy.files.json").read_text()), dict)
+
+
+def test_build_tree_takes_a_cached_artifact_without_sync_or_make(repo, tmp_path, monkeypatch):
+    """Same commit, diff and configured .config as an artifact in the cache: returned before any sync or make
+    (a git-range step or a reproducer of something built); another diff: synced and built."""
+    from harness.kernel.build import compiler_version, make_vars
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    (repo / ".config").write_text("CONFIG_KVM=m\n")                # ignored: the developer's own .config
+    names = treebuild.tree_files(repo)
+    start, _, frags = treebuild.base_config(repo, repo, None)
+    mv = make_vars()
+    cfg = treebuild.config_cache_path(start, frags, treebuild.kconfig_digest(repo, names), mv, compiler_version())
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text("CONFIG_KVM=m\nCONFIG_SWAP=y\n")                # as configure() left it
+    change = {"head": {"sha": "a" * 40}, "diff_sha256": None}
+    art = tmp_path / "cache/kernels" / treebuild.artifact_key(treebuild.repo_key(repo), change, cfg.read_text(), mv)
+    art.mkdir(parents=True)
+    (art / "meta.json").write_text("{}")
+    built = []
+
+    def no_sync(*a):
+        raise AssertionError("synced although the artifact is in the cache")
+    monkeypatch.setattr(treebuild, "sync_tree", no_sync)
+    monkeypatch.setattr(treebuild, "build_source", lambda *a: built.append(a) or tmp_path / "new")
+    assert treebuild.build_tree(repo, change, None, lambda m: None) == art and not built
+    monkeypatch.undo()
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(treebuild, "build_source", lambda *a: built.append(a) or tmp_path / "new")
+    dirty = dict(change, diff_sha256="d" * 64)
+    assert treebuild.build_tree(repo, dirty, None, lambda m: None) == tmp_path / "new" and len(built) == 1
+    assert (tmp_path / "cache/src" / treebuild.repo_key(repo) / "a.c").is_file()       # synced this time
