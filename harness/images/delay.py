@@ -31,10 +31,12 @@ def objtree_of(meta: dict) -> Path:
     return Path(obj)
 
 
-def _tree_lock(objdir: Path) -> Path:
-    """The lock build.py holds while it applies a stack and makes in this object tree (cache/src/<tree id>.lock;
-    the object tree's name is <tree id>-<config hash>)."""
-    return cache_dir() / "src" / (objdir.name.rsplit("-", 1)[0] + ".lock")
+def tree_lock(objdir: Path, source: str) -> Path:
+    """The lock the kernel build holds while it makes in this object tree: build.py's cache/src/<tree id>.lock
+    (its object tree is <tree id>-<config hash>), treebuild.py's cache/src/<repository key>.lock for --tree
+    --build (its object tree is named by the key itself)."""
+    name = objdir.name if source == "tree-build" else objdir.name.rsplit("-", 1)[0]
+    return cache_dir() / "src" / f"{name}.lock"
 
 
 def build_delay_module(kernel_dir: Path) -> Path:
@@ -49,7 +51,8 @@ def build_delay_module(kernel_dir: Path) -> Path:
         raise InfraError(f"object tree {objdir} has no Module.symvers: rebuild the kernel (harness build)")
     out.parent.mkdir(parents=True, exist_ok=True)
     # the harness's shared object trees are rebuilt by other runs: hold the build's lock (a developer's tree: theirs)
-    lock = _tree_lock(objdir) if meta.get("source") == "build" else out.with_suffix(".lock")
+    source = meta.get("source", "")
+    lock = tree_lock(objdir, source) if source in ("build", "tree-build") else out.with_suffix(".lock")
     with tempfile.TemporaryDirectory(prefix="kvmdelay-", dir=out.parent) as tmp, file_lock(lock):
         for src in SOURCES:
             shutil.copy2(src, Path(tmp) / src.name)

@@ -4,7 +4,7 @@ import pytest
 
 from harness.config import parse_scenario
 from harness.errors import InputError
-from harness.images.delay import _tree_lock, objtree_of
+from harness.images.delay import objtree_of
 from harness.scenario.l1host import delay_counts, delay_env, setup_env
 
 
@@ -70,6 +70,12 @@ def test_module_needs_a_harness_built_kernel():
     assert str(objtree_of({"source": "tree", "tree": "/home/dev/linux"})) == "/home/dev/linux"
 
 
-def test_module_build_takes_the_kernel_builds_tree_lock():
-    from pathlib import Path
-    assert _tree_lock(Path("/c/obj/debian-7.2-c93391b6a488-300eab86156961af")).name == "debian-7.2-c93391b6a488.lock"
+def test_the_delay_module_build_takes_the_kernel_builds_lock(tmp_path, monkeypatch):
+    """make in a shared object tree while a kernel build makes there corrupts both: the module build holds the
+    lock the kernel build holds (KERNEL.yaml builds: per source tree; --tree --build: per repository key)."""
+    from harness.images import delay
+    monkeypatch.setattr(delay, "cache_dir", lambda: tmp_path)
+    obj = tmp_path / "obj"
+    assert delay.tree_lock(obj / "debian-7.2-ecb3877b9988-4012ab698676c7f3", "build") == \
+        tmp_path / "src/debian-7.2-ecb3877b9988.lock"
+    assert delay.tree_lock(obj / "tree-base-acc29107fc6d", "tree-build") == tmp_path / "src/tree-base-acc29107fc6d.lock"
