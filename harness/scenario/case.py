@@ -229,7 +229,11 @@ def _collect_end(ev: CaseEvidence, guest: Guest, cdir: Path, sh: L1Shell, before
     if missing:
         ev.unavailable.append(f"not collected from L1 ({sh.broken or 'command failed'}): {', '.join(missing)}")
     if "vmstat" in got:
-        ev.l1.vmstat_delta = l1host.vmstat_delta(before, l1host.parse_vmstat(got["vmstat"]))
+        delta = l1host.vmstat_delta(before, l1host.parse_vmstat(got["vmstat"]))
+        if delta is None:
+            ev.unavailable.append("L1's vmstat at the end was cut short (a counter missing or lower than at the start)")
+        else:
+            ev.l1.vmstat_delta = delta
     if got.get("taint", "").strip().isdigit():
         ev.l1.taint_after = int(got["taint"].strip())
     ev.l1.memory_events = l1host.parse_kv(got.get("memory.events", ""), " ")

@@ -43,8 +43,14 @@ def parse_vmstat(text: str) -> dict[str, int]:
     return out
 
 
-def vmstat_delta(before: dict[str, int], after: dict[str, int], keys=VMSTAT_KEYS) -> dict[str, int]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in keys if k in after or k in before}
+def vmstat_delta(before: dict[str, int], after: dict[str, int], keys=VMSTAT_KEYS) -> dict[str, int] | None:
+    """The run's vmstat counters (after - before), or None when `after` is no whole sample of this boot: a
+    counter missing from it or lower than at the start (a read cut short as L1 was lost, seen as pgfault=-3499
+    beside nine zeros on a run that lost L1)."""
+    delta = {k: after[k] - before.get(k, 0) for k in keys if k in after}
+    if any(k in before and k not in after for k in keys) or any(v < 0 for v in delta.values()):
+        return None
+    return delta
 
 
 def setup_env(s: Scenario) -> dict[str, str]:

@@ -40,7 +40,10 @@ def test_vmstat_delta_and_cmdline():
     a = parse_vmstat("pswpout 10\npswpin 3\nnr_free_pages 9\n")
     b = parse_vmstat("pswpout 110\npswpin 4\n")
     d = vmstat_delta(a, b)
-    assert d["pswpout"] == 100 and d["pswpin"] == 1 and "nr_free_pages" not in d
+    assert d is not None and d["pswpout"] == 100 and d["pswpin"] == 1 and "nr_free_pages" not in d
+    # a sample cut short as L1 was lost: a counter gone, or lower than at the start
+    assert vmstat_delta(a, parse_vmstat("pswpout 110\n")) is None
+    assert vmstat_delta(a, parse_vmstat("pswpout 9\npswpin 3\n")) is None
     s = parse_scenario("ledger: {size_mb: 48, rounds: 3}\nl2_fault: panic\ntdp_mmu: false\n", "x.yaml")
     app = l2_append(s)
     assert "harness.ledger=pages:12288,rounds:3" in app and "oops=panic" in app and "harness.fault=panic" in app
