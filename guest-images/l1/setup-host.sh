@@ -68,7 +68,7 @@ if [ -n "$DELAY_PARAMS" ]; then
         if [ "${word%%=*}" = func ]; then
             funcs=""
             for alt in $(echo "${word#func=}" | tr ',' ' '); do
-                f=$(pick_symbol "$alt") || fail "delays: no function $alt in this kernel (/proc/kallsyms)"
+                f=$(pick_symbol "$alt") || fail "delays (kvmdelay): no function $alt in this kernel (/proc/kallsyms)"
                 funcs="${funcs:+$funcs,}$f"
             done
             word="func=$funcs"
