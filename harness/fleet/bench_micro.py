@@ -232,19 +232,25 @@ def _child(argv: list[str], log: Path, timeout_s: int) -> tuple[int, bytes, floa
     return (-9 if timed_out.is_set() else rc), out, (first_bad[0] if first_bad else None)
 
 
+def _timed_harness(stage: str, label: str, argv: list[str], sets: list[str], out: Path, timeout_s: int):
+    """One harness command with its --set overrides, timed, the load read before and after:
+    (rc, stdout, first bad page printed at, wall seconds, load before, load after)."""
+    for s in sets:
+        argv = argv + ["--set", s]
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"bench {stage}: {label}: {' '.join(argv[3:])}", flush=True)
+    load0 = _load()
+    t0 = time.monotonic()
+    rc, stdout, first_bad = _child(argv, out / f"{label}.log", timeout_s)
+    return rc, stdout, first_bad, time.monotonic() - t0, load0, _load()
+
+
 def harness_run(label: str, scenario: str, build: str | None, sets: list[str], out: Path) -> dict:
     """`python -m harness run SCENARIO [--build K] --set ... --json`, timed; its run.json read back."""
     argv = [sys.executable, "-m", "harness", "run", scenario, "--results", str(out), "--json"]
     argv += ["--build", build] if build else []
-    for s in sets:
-        argv += ["--set", s]
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"bench micro-vs-l2: {label}: {' '.join(argv[3:])}", flush=True)
-    load0 = _load()
-    t0 = time.monotonic()
-    rc, stdout, first_bad_cmd = _child(argv, out / f"{label}.log", RUN_TIMEOUT_S)
-    wall = time.monotonic() - t0
-    load1 = _load()
+    rc, stdout, first_bad_cmd, wall, load0, load1 = _timed_harness("micro-vs-l2", label, argv, sets, out,
+                                                                  RUN_TIMEOUT_S)
     try:
         path = Path(json.loads(stdout)["path"])
         run = RunRecord.load(path / "run.json")
@@ -315,15 +321,9 @@ def two_patch_series(where: Path) -> Path:
 def harness_bisect(label: str, ky: Path, scenario: str, sets: list[str], repeats: int, out: Path) -> dict:
     argv = [sys.executable, "-m", "harness", "bisect", str(ky), scenario, "--repeats", str(repeats),
             "--results", str(out)]
-    for s in sets:
-        argv += ["--set", s]
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"bench bisect-micro-vs-l2: {label}: {' '.join(argv[3:])}", flush=True)
-    load0 = _load()
-    t0 = time.monotonic()
-    rc, stdout, _ = _child(argv, out / f"{label}.log", BISECT_TIMEOUT_S)
+    rc, stdout, _, wall, load0, load1 = _timed_harness("bisect-micro-vs-l2", label, argv, sets, out,
+                                                       BISECT_TIMEOUT_S)
     (out / f"{label}.out").write_bytes(stdout)
-    wall, load1 = time.monotonic() - t0, _load()
     done = [d for d in out.glob("bisect-*") if (d / "bisect.json").is_file()]
     if len(done) != 1:
         why = f"timeout after {BISECT_TIMEOUT_S} s" if rc == -9 else f"no bisect.json under {out} (exit {rc})"

@@ -6,7 +6,6 @@ reproduced from its one-file reproducer, in an empty folder: same kernel key, .c
 Each stack is an incremental build on the cached object tree (base, +comment, +comment+mutant)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -19,20 +18,7 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("HARNESS_KERNEL_BUILD") != "1", reason="set HARNESS_KERNEL_BUILD=1"),
 ]
 
-ONELINE = REPO / "tests/fixtures/patches/tdp-oneline/0001-KVM-x86-mmu-add-a-comment-to-tdp_mmu.c.patch"
 MUTANT_A = next((REPO / "patches/mutants").glob("a-*/0001-*.patch"))
-
-
-def two_patch_kernel_yaml(tmp_path):
-    sdir = tmp_path / "series"
-    sdir.mkdir()
-    for p in (ONELINE, MUTANT_A):
-        shutil.copyfile(p, sdir / p.name)
-    (sdir / "series").write_text(f"{ONELINE.name}\n{MUTANT_A.name}\n")
-    ky = tmp_path / "KERNEL.yaml"
-    ky.write_text('base: {debian-source: "6.12"}\nseries: series\ndefconfig: x86_64_defconfig\n'
-                  f"fragments: [{REPO}/kconfigs/kvm-host.config, {REPO}/kconfigs/tracing.config]\n")
-    return ky
 
 
 def test_bisect_names_mutant_a_and_its_step_reproduces_from_reproduce_sh(tmp_path, results_dir):
@@ -40,7 +26,9 @@ def test_bisect_names_mutant_a_and_its_step_reproduces_from_reproduce_sh(tmp_pat
     from harness.kernel.series import patch_subject
     from harness.report.reproduce import reproduce_script
 
-    ky = two_patch_kernel_yaml(tmp_path)
+    from harness.fleet.bench_micro import two_patch_series  # the bench bisects the same series
+
+    ky = two_patch_series(tmp_path)
     p = subprocess.run([sys.executable, "-m", "harness", "bisect", str(ky), "--repeats", "1",
                         "--results", str(results_dir)], cwd=REPO, capture_output=True, text=True, timeout=5400)
     (bdir,) = list(results_dir.iterdir())
